@@ -1,0 +1,192 @@
+"""Model adapter: where the decoder layers, blocks, norms, embeddings and head of a causal LM are.
+
+A *block* is one residual branch of a decoder layer together with the norms that belong to it:
+- MHA block: ``x = x + Attn(norm_1(x))`` (Gemma 3 also norms the attention output),
+- MLP block: ``x = x + MLP(norm_2(x))`` (Gemma 3 also norms the MLP output).
+Removing a block skips its branch, so the residual stream passes unchanged; every method removes
+blocks through :meth:`ModelAdapter.remove_blocks`, and nothing else in the package knows attribute names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import torch
+from torch import nn
+
+from .errors import SecateursError
+
+BlockKind = Literal["mha", "mlp"]
+BLOCK_KINDS: tuple[BlockKind, ...] = ("mha", "mlp")
+
+
+@dataclass(frozen=True, order=True)
+class Block:
+    """One residual block: ``Block("mha", 3)`` is layer 3's attention block. Sorts MHA first."""
+
+    kind: BlockKind
+    layer: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}.{self.layer}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Block":
+        kind, _, layer = name.partition(".")
+        if kind not in BLOCK_KINDS or not layer.isdigit():
+            raise SecateursError(f"bad block name '{name}': expected mha.N or mlp.N")
+        return cls(kind, int(layer))  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """Attribute names inside one decoder layer, per block."""
+
+    name: str
+    attention: str
+    mlp: str
+    attention_norms: tuple[str, ...]
+    mlp_norms: tuple[str, ...]
+
+    def submodule(self, kind: BlockKind) -> str:
+        return self.attention if kind == "mha" else self.mlp
+
+    def norms(self, kind: BlockKind) -> tuple[str, ...]:
+        return self.attention_norms if kind == "mha" else self.mlp_norms
+
+
+PRE_NORM = LayerLayout("pre-norm", "self_attn", "mlp", ("input_layernorm",), ("post_attention_layernorm",))
+SANDWICH_NORM = LayerLayout(
+    "sandwich-norm",
+    "self_attn",
+    "mlp",
+    ("input_layernorm", "post_attention_layernorm"),
+    ("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+)
+# Families tested on tiny random configs, by ``config.model_type``; the layout is chosen from the
+# layer's structure (which norms it holds) and must agree with the family's.
+SUPPORTED_FAMILIES: dict[str, LayerLayout] = {
+    "llama": PRE_NORM,
+    "mistral": PRE_NORM,
+    "qwen2": PRE_NORM,
+    "gemma3_text": SANDWICH_NORM,
+}
+
+
+class SkippedAttention(nn.Module):
+    """Stands in for a removed attention block: its branch contributes nothing to the residual."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+        return torch.zeros_like(hidden_states), None
+
+
+class SkippedMLP(nn.Module):
+    """Stands in for a removed MLP block."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def _num_params(modules: Iterable[nn.Module]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        for param in module.parameters():
+            if id(param) not in seen:
+                seen.add(id(param))
+                total += param.numel()
+    return total
+
+
+def _layout_from_structure(layer: nn.Module) -> LayerLayout | None:
+    for layout in (SANDWICH_NORM, PRE_NORM):
+        names = (layout.attention, layout.mlp, *layout.attention_norms, *layout.mlp_norms)
+        if all(isinstance(getattr(layer, n, None), nn.Module) for n in names):
+            return layout
+    return None
+
+
+class ModelAdapter:
+    """Structural view of a Hugging Face causal LM (Llama, Mistral, Qwen2, Gemma 3 text)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        config = model.config
+        self.family = getattr(config, "model_type", type(model).__name__)
+        if self.family not in SUPPORTED_FAMILIES:
+            raise SecateursError(
+                f"unsupported architecture '{self.family}' ({type(model).__name__}); "
+                f"supported: {', '.join(sorted(SUPPORTED_FAMILIES))}"
+            )
+        decoder = model.get_decoder()
+        layers = getattr(decoder, "layers", None)
+        if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+            raise SecateursError(f"cannot find the decoder layers of {type(model).__name__}")
+        layout = _layout_from_structure(layers[0])
+        if layout is not SUPPORTED_FAMILIES[self.family]:
+            raise SecateursError(
+                f"{type(model).__name__} ({self.family}) does not have the expected "
+                f"{SUPPORTED_FAMILIES[self.family].name} layer structure"
+            )
+        self.layout = layout
+        self.decoder = decoder
+        self.layers: nn.ModuleList = layers
+        self.embeddings: nn.Module = model.get_input_embeddings()
+        self.lm_head: nn.Module = model.get_output_embeddings()
+        self.final_norm: nn.Module = decoder.norm
+
+    # --- structure -----------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def blocks(self, kind: BlockKind | Literal["mix"] = "mix") -> list[Block]:
+        """All blocks in the canonical order: MHA 0..L-1, then MLP 0..L-1."""
+        kinds = BLOCK_KINDS if kind == "mix" else (kind,)
+        return [Block(k, i) for k in kinds for i in range(self.num_layers)]
+
+    def check_block(self, block: Block) -> Block:
+        if not 0 <= block.layer < self.num_layers:
+            raise SecateursError(f"block {block} does not exist: the model has {self.num_layers} layers")
+        return block
+
+    def block_modules(self, block: Block) -> list[nn.Module]:
+        """The sub-module and its norms, i.e. everything that belongs to ``block``."""
+        layer = self.layers[self.check_block(block).layer]
+        names = (self.layout.submodule(block.kind), *self.layout.norms(block.kind))
+        return [getattr(layer, n) for n in names]
+
+    def submodule(self, block: Block) -> nn.Module:
+        return getattr(self.layers[self.check_block(block).layer], self.layout.submodule(block.kind))
+
+    def is_removed(self, block: Block) -> bool:
+        return isinstance(self.submodule(block), (SkippedAttention, SkippedMLP))
+
+    def removed_blocks(self) -> list[Block]:
+        return [b for b in self.blocks() if self.is_removed(b)]
+
+    # --- parameter counts (tied embeddings counted once) ---------------------------------------
+    def block_num_params(self, block: Block) -> int:
+        return _num_params(self.block_modules(block))
+
+    def other_num_params(self) -> int:
+        """Parameters outside every block: embeddings, final norm, head (tied weights once)."""
+        return _num_params([self.embeddings, self.final_norm, self.lm_head])
+
+    def total_num_params(self) -> int:
+        return _num_params([self.model])
+
+    # --- removal -------------------------------------------------------------------------------
+    def remove_blocks(self, blocks: Iterable[Block]) -> None:
+        """Remove blocks in place: their weights are dropped and their branches add nothing."""
+        for block in blocks:
+            layer = self.layers[self.check_block(block).layer]
+            stub = SkippedAttention() if block.kind == "mha" else SkippedMLP()
+            setattr(layer, self.layout.submodule(block.kind), stub)
+            for norm in self.layout.norms(block.kind):
+                setattr(layer, norm, nn.Identity())

@@ -1,0 +1,136 @@
+"""Command line: ``secateurs eval | data | methods``. Errors become one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__
+from .api import PAPER_SEQLEN, describe_data, evaluate
+from .errors import SecateursError
+from .io import check_output_path, write_json_atomic
+from .methods import list_methods
+from .perplexity import DEFAULT_BATCH_SIZE
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _comma_list(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return items
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data directory (default: $SECATEURS_DATA; else the Hugging Face hub)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secateurs", description="Prune large language models and prove they still work.")
+    parser.add_argument("--version", action="version", version=f"secateurs {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a model: token perplexity")
+    ev.add_argument("model", help="built-in alias (smollm2-135m), .gguf file, model directory or org/name hub id")
+    ev.add_argument("--ppl", type=_comma_list, default=["wikitext2"], help="datasets for token perplexity, e.g. wikitext2,c4 or a .txt/.jsonl file")
+    ev.add_argument("--seqlen", type=int, default=PAPER_SEQLEN, help=f"window length in tokens (default {PAPER_SEQLEN}, as the papers)")
+    ev.add_argument("--max-windows", type=int, help="use only the first N windows")
+    ev.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
+    ev.add_argument("--out", help="write the results (with their protocol) to this JSON file")
+    ev.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_model_options(ev)
+    _add_data_options(ev)
+
+    da = sub.add_parser("data", help="list the named datasets and where they resolve")
+    _add_data_options(da)
+
+    sub.add_parser("methods", help="list the registered pruning methods")
+    return parser
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    if args.out:
+        check_output_path(args.out, args.overwrite)
+    result = evaluate(
+        args.model,
+        ppl=args.ppl,
+        seqlen=args.seqlen,
+        max_windows=args.max_windows,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    result["command"] = ["secateurs", *args.argv]
+    for spec, res in result["perplexity"].items():
+        proto = res["protocol"]
+        print(
+            f"{spec} ({proto['split'] or 'file'}): token PPL {res['ppl']:.3f} "
+            f"over {proto['windows']} windows x {proto['seqlen']} tokens"
+        )
+    if args.out:
+        write_json_atomic(args.out, result)
+        print(f"wrote {args.out}")
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    rows = describe_data(args.data_dir)
+    for row in rows:
+        mark = "ok" if row["available"] else "--"
+        default = " (default)" if row["default"] else ""
+        print(f"[{mark}] {row['name']}:{row['split']}{default}  {row['description']}")
+        for path in row["files"]:
+            print(f"       {path}")
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    methods = list_methods()
+    if not methods:
+        print("no pruning methods are registered yet")
+    for m in methods:
+        print(f"{m['name']:<14} {m['kind']:<12} {m['summary']}")
+
+
+def _silence_transformers() -> None:
+    """--quiet: no loading bars or info logs from transformers either."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+COMMANDS = {"eval": _cmd_eval, "data": _cmd_data, "methods": _cmd_methods}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.quiet:
+        _silence_transformers()
+    try:
+        COMMANDS[args.command](args)
+    except SecateursError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

