@@ -59,6 +59,12 @@ def test_bad_data(capsys, tiny_model_dir, data_dir, tmp_path):
     short.write_text("only a few words\n")
     code, _, err = run(capsys, "eval", model, "--ppl", str(short), "--seqlen", "512")
     assert_one_line_error(code, err, "found 16 tokens, need at least 512")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"body": "some text here"}\n')
+    code, _, err = run(capsys, "eval", model, "--ppl", str(rows), "--seqlen", "8")
+    assert_one_line_error(code, err, "rows.jsonl:1: row lacks the field 'text'")
+    code, out, _ = run(capsys, "eval", model, "--ppl", str(rows), "--text-field", "body", "--seqlen", "8")
+    assert code == 0 and "over 1 windows x 8 tokens" in out
 
 
 def test_corrupt_gguf_and_safetensors(capsys, tiny_model_dir, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ def evaluate(
     seqlen: int = PAPER_SEQLEN,
     max_windows: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    text_field: str = "text",
     batch_size: int = DEFAULT_BATCH_SIZE,
     dtype: str = "auto",
     device: str = "auto",
@@ -39,7 +40,9 @@ def evaluate(
     results: dict[str, Any] = {}
     for spec in ppl:
         start = time.perf_counter()
-        windows = calibration_windows(spec, model.tokenizer, seqlen, data_dir=data_dir, max_windows=max_windows)
+        windows = calibration_windows(
+            spec, model.tokenizer, seqlen, data_dir=data_dir, max_windows=max_windows, text_field=text_field
+        )
         results[spec] = perplexity(model.model, windows, batch_size=batch_size, progress=progress)
         timings[f"ppl_{spec}_s"] = time.perf_counter() - start
     return {

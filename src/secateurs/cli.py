@@ -33,6 +33,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (default: $SECATEURS_DATA; else the Hugging Face hub)")
+    parser.add_argument("--text-field", default="text", help="field holding the text in a local .jsonl file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +69,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         seqlen=args.seqlen,
         max_windows=args.max_windows,
         data_dir=args.data_dir,
+        text_field=args.text_field,
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
