@@ -9,8 +9,9 @@ blocks through :meth:`ModelAdapter.remove_blocks`, and nothing else in the packa
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -79,9 +80,22 @@ SUPPORTED_FAMILIES: dict[str, LayerLayout] = {
 
 
 class SkippedAttention(nn.Module):
-    """Stands in for a removed attention block: its branch contributes nothing to the residual."""
+    """Stands in for a removed attention block: its branch contributes nothing to the residual.
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+    With a KV cache, it still appends a placeholder (one head of width 1) to its cache slot, so the
+    cache length that transformers reads positions from (layer 0's, by default) stays right even
+    when layer 0's attention is gone, and every layer keeps its index and cache type (sliding or full).
+    """
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: torch.Tensor, *args, past_key_values=None, **kwargs) -> tuple[torch.Tensor, None]:
+        if past_key_values is not None:
+            batch, length = hidden_states.shape[:2]
+            placeholder = hidden_states.new_zeros(batch, 1, length, 1)
+            past_key_values.update(placeholder, placeholder, self.layer_idx)
         return torch.zeros_like(hidden_states), None
 
 
@@ -181,12 +195,44 @@ class ModelAdapter:
     def total_num_params(self) -> int:
         return _num_params([self.model])
 
+    def entry_module(self, block: Block) -> nn.Module:
+        """The block's first module: its input is the residual stream entering the block."""
+        layer = self.layers[self.check_block(block).layer]
+        return getattr(layer, self.layout.norms(block.kind)[0])
+
     # --- removal -------------------------------------------------------------------------------
+    def _swap(self, block: Block) -> dict[str, nn.Module]:
+        """Replace a block's sub-module and norms by pass-through stubs; return the originals."""
+        layer = self.layers[self.check_block(block).layer]
+        names = (self.layout.submodule(block.kind), *self.layout.norms(block.kind))
+        originals = {name: getattr(layer, name) for name in names}
+        stub = SkippedAttention(getattr(originals[names[0]], "layer_idx", block.layer)) if block.kind == "mha" else SkippedMLP()
+        setattr(layer, names[0], stub)
+        for norm in names[1:]:
+            setattr(layer, norm, nn.Identity())
+        return originals
+
     def remove_blocks(self, blocks: Iterable[Block]) -> None:
         """Remove blocks in place: their weights are dropped and their branches add nothing."""
         for block in blocks:
-            layer = self.layers[self.check_block(block).layer]
-            stub = SkippedAttention() if block.kind == "mha" else SkippedMLP()
-            setattr(layer, self.layout.submodule(block.kind), stub)
-            for norm in self.layout.norms(block.kind):
-                setattr(layer, norm, nn.Identity())
+            self._swap(block)
+
+    @contextlib.contextmanager
+    def skipped(self, blocks: Iterable[Block]) -> Iterator[None]:
+        """Temporarily remove ``blocks`` (the same mechanism as :meth:`remove_blocks`), then restore."""
+        saved = [(b, self._swap(b)) for b in blocks if not self.is_removed(b)]
+        try:
+            yield
+        finally:
+            for block, originals in reversed(saved):
+                layer = self.layers[block.layer]
+                for name, module in originals.items():
+                    setattr(layer, name, module)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + head (+ Gemma's logit soft-capping) applied to the last hidden state."""
+        logits = self.lm_head(self.final_norm(hidden))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

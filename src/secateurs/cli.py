@@ -14,6 +14,7 @@ from .errors import SecateursError
 from .io import check_output_path, write_json_atomic
 from .methods import list_methods
 from .perplexity import DEFAULT_BATCH_SIZE
+from .prune import prune
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -53,6 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ev)
     _add_data_options(ev)
 
+    pr = sub.add_parser("prune", help="prune a model (structured: remove MHA/MLP blocks or layers)")
+    pr.add_argument("model", help="built-in alias, .gguf file, model directory or org/name hub id")
+    pr.add_argument("--method", default="blockpruner", help="see `secateurs methods` (default blockpruner)")
+    pr.add_argument("--calib", default="alpaca", help="calibration set or .txt/.jsonl file (default alpaca)")
+    pr.add_argument("--samples", type=int, default=64, help="calibration documents drawn with --seed (default 64)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seqlen", type=int, default=512, help="calibration window length (default 512)")
+    pr.add_argument("--blocks", type=int, help="remove K units (blocks or layers)")
+    pr.add_argument("--ratio", type=float, help="or stop at the first step whose parameter ratio reaches R")
+    pr.add_argument("--block-type", default="mix", choices=["mix", "mha", "mlp"], help="block units to search")
+    pr.add_argument("--unit", default="layer", choices=["layer", "block"], help="unit of shortgpt / relative-magnitude")
+    pr.add_argument("--naive", action="store_true", help="reference search: a full forward per candidate")
+    pr.add_argument("--from-report", help="re-apply a saved search (report.json) at level --blocks, no search")
+    pr.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
+    pr.add_argument("--eval-ppl", type=_comma_list, default=["wikitext2"], help="perplexity after pruning (dense vs pruned)")
+    pr.add_argument("--eval-seqlen", type=int, help="window length for --eval-ppl (default: --seqlen)")
+    pr.add_argument("--eval-max-windows", type=int, default=8, help="windows for --eval-ppl (default 8)")
+    pr.add_argument("--out", help="write the pruned model, report.json and report.md to this directory")
+    pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_model_options(pr)
+    _add_data_options(pr)
+
     da = sub.add_parser("data", help="list the named datasets and where they resolve")
     _add_data_options(da)
 
@@ -87,6 +110,25 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _cmd_prune(args: argparse.Namespace) -> None:
+    result = prune(
+        args.model, method=args.method, calib=args.calib, samples=args.samples, seqlen=args.seqlen,
+        seed=args.seed, blocks=args.blocks, ratio=args.ratio, block_type=args.block_type, unit=args.unit,
+        naive=args.naive, batch_size=args.batch_size, eval_ppl=args.eval_ppl, eval_seqlen=args.eval_seqlen,
+        eval_max_windows=args.eval_max_windows, from_report=args.from_report, data_dir=args.data_dir,
+        text_field=args.text_field, out=args.out, overwrite=args.overwrite, dtype=args.dtype,
+        device=args.device, progress=not args.quiet, command=["secateurs", *args.argv],
+    )
+    report = result.report
+    print(f"{args.method}: removed {', '.join(report['removal_order'])} (in this order)")
+    print(f"parameters {report['dense_params']:,} -> {report['pruned_params']:,} (ratio {100 * report['ratio']:.2f}%)")
+    print(f"calibration PPL {report['calibration']['dense_ppl']:.3f} -> {report['calibration']['ppl_per_step'][-1]:.3f}")
+    for name, ev in report["evaluation"].items():
+        print(f"{name} PPL {ev['dense_ppl']:.3f} -> {ev['pruned_ppl']:.3f}")
+    if args.out:
+        print(f"wrote {args.out} (model, report.json, report.md)")
+
+
 def _cmd_data(args: argparse.Namespace) -> None:
     rows = describe_data(args.data_dir)
     for row in rows:
@@ -113,7 +155,7 @@ def _silence_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-COMMANDS = {"eval": _cmd_eval, "data": _cmd_data, "methods": _cmd_methods}
+COMMANDS = {"eval": _cmd_eval, "prune": _cmd_prune, "data": _cmd_data, "methods": _cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

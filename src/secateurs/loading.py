@@ -7,6 +7,7 @@ sha256) so that later loads take a fraction of a second.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import re
@@ -17,7 +18,9 @@ from typing import Any
 
 import torch
 
+from .adapter import Block, ModelAdapter
 from .errors import SecateursError
+from .export import CONFIG_KEY
 from .io import atomic_directory, sha256_file
 from .zoo import BUILTIN_MODELS, builtin_gguf, cache_root
 
@@ -70,6 +73,9 @@ def _from_pretrained(path_or_id: str, what: str, **kwargs: Any) -> tuple[Any, An
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, gguf_file=kwargs.get("gguf_file"))
         model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+        if isinstance(model, tuple):  # output_loading_info=True
+            model[0].eval()
+            return model, tokenizer
     except Exception as exc:  # noqa: BLE001 - arbitrary files raise anything (SafetensorError, struct.error, ...)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SecateursError(f"could not load {what}: {first_line}") from exc
@@ -118,9 +124,45 @@ def _load_directory(path: Path, dtype: torch.dtype, device: torch.device, source
             f"{path} is not a model directory: it has no config.json"
             + (f" and {len(ggufs)} GGUF files (name one)" if ggufs else "")
         )
-    model, tokenizer = _from_pretrained(str(path), f"model directory {path}", dtype=dtype)
-    source.update(kind="directory", path=str(path))
+    pruning = json.loads((path / "config.json").read_text()).get(CONFIG_KEY) or {}
+    removed = [Block.parse(name) for name in pruning.get("removed_blocks", [])]
+    if not removed:
+        model, tokenizer = _from_pretrained(str(path), f"model directory {path}", dtype=dtype)
+        source.update(kind="directory", path=str(path), pruning=pruning or None)
+        return LoadedModel(model.to(device), tokenizer, source)
+    # Removed blocks' weights are absent from the files: transformers initialises them, then they are
+    # dropped again. Anything else missing means the directory is damaged.
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        (model, info), tokenizer = _from_pretrained(
+            str(path), f"pruned model directory {path}", dtype=dtype, output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    adapter = ModelAdapter(model)
+    allowed = {f"{name}." for b in removed for name in _block_param_prefixes(adapter, b)}
+    unexpected = [k for k in info.get("missing_keys", []) if not k.startswith(tuple(allowed))]
+    if unexpected:
+        raise SecateursError(f"pruned model directory {path} is missing weights: {', '.join(sorted(unexpected)[:5])}")
+    adapter.remove_blocks(removed)
+    source.update(kind="pruned-directory", path=str(path), pruning=pruning)
     return LoadedModel(model.to(device), tokenizer, source)
+
+
+def _block_param_prefixes(adapter: ModelAdapter, block: Block) -> list[str]:
+    """Qualified names of the modules that make up ``block`` (sub-module and norms)."""
+    wanted = {id(m) for m in adapter.block_modules(block)}
+    return [name for name, module in adapter.model.named_modules() if id(module) in wanted]
+
+
+def load_pruned(path: str | os.PathLike, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """Reload a directory written by ``secateurs prune`` (any method)."""
+    if not Path(path).is_dir():
+        raise SecateursError(f"pruned model directory not found: {path}")
+    return load_model(str(path), dtype=dtype, device=device)
 
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:

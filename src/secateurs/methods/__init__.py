@@ -1,14 +1,38 @@
 """Pruning methods, registered in one place by name.
 
-Each method is a small class with typed, validated options; the CLI and the API look methods up here
-and nowhere else. The registry is filled as methods land (see the project's issues).
+Each method is a small class; the CLI and the API look methods up here and nowhere else.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-METHODS: dict[str, type] = {}
+from ..errors import SecateursError
+from .structured import (
+    FinerCut,
+    GreedyPPL,
+    LayerSearch,
+    OneShotPPL,
+    RelativeMagnitude,
+    ShortGPT,
+    StructuredMethod,
+    StructuredOptions,
+)
+
+METHODS: dict[str, type] = {
+    "blockpruner": GreedyPPL,
+    "layer-search": LayerSearch,
+    "one-shot-ppl": OneShotPPL,
+    "finercut": FinerCut,
+    "shortgpt": ShortGPT,
+    "relative-magnitude": RelativeMagnitude,
+}
+
+
+def get_method(name: str) -> Any:
+    if name not in METHODS:
+        raise SecateursError(f"unknown method '{name}'; registered: {', '.join(sorted(METHODS))}")
+    return METHODS[name]()
 
 
 def list_methods() -> list[dict[str, Any]]:
@@ -17,3 +41,6 @@ def list_methods() -> list[dict[str, Any]]:
         {"name": name, "kind": getattr(cls, "kind", "?"), "summary": (cls.__doc__ or "").strip().splitlines()[0]}
         for name, cls in sorted(METHODS.items())
     ]
+
+
+__all__ = ["METHODS", "StructuredMethod", "StructuredOptions", "get_method", "list_methods"]

@@ -1,0 +1,201 @@
+"""Structured methods: each picks residual blocks to remove as (unit x score x schedule).
+
+| method             | unit               | score                                   | schedule |
+|--------------------|--------------------|-----------------------------------------|----------|
+| blockpruner        | MHA / MLP blocks   | calibration PPL of the pruned model     | greedy   |
+| layer-search       | whole layers       | calibration PPL (SLEB-style, "- block") | greedy   |
+| one-shot-ppl       | MHA / MLP blocks   | calibration PPL, dense model ("- search") | one shot |
+| finercut           | MHA / MLP blocks   | JS divergence from the dense next-token distribution | greedy |
+| shortgpt           | layers (or blocks) | Block Influence 1 - cos(x_in, x_out)    | one shot |
+| relative-magnitude | layers (or blocks) | ||f(x)|| / ||x + f(x)||                 | one shot |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..adapter import Block, ModelAdapter
+from ..data import TokenWindows
+from ..errors import SecateursError
+from ..search import (
+    FINAL,
+    SearchStep,
+    Unit,
+    VariantEvaluator,
+    block_units,
+    greedy_search,
+    layer_units,
+    one_shot_ranking,
+)
+
+
+@dataclass
+class StructuredOptions:
+    """Options shared by the structured methods (validated on creation)."""
+
+    blocks: int | None = None  # stop after K units
+    ratio: float | None = None  # or at the first step whose parameter ratio reaches this
+    block_type: str = "mix"  # mix | mha | mlp (block units only)
+    unit: str = "layer"  # layer | block (shortgpt, relative-magnitude)
+    naive: bool = False  # full forward per candidate (the reference) instead of the prefix cache
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.blocks is None and self.ratio is None:
+            raise SecateursError("say how much to prune: --blocks K or --ratio R")
+        if self.blocks is not None and self.blocks < 1:
+            raise SecateursError(f"--blocks must be at least 1, got {self.blocks}")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise SecateursError(f"--ratio must be in (0, 1), got {self.ratio}")
+        if self.block_type not in ("mix", "mha", "mlp"):
+            raise SecateursError(f"unknown --block-type '{self.block_type}'; choose mix, mha or mlp")
+        if self.unit not in ("layer", "block"):
+            raise SecateursError(f"unknown --unit '{self.unit}'; choose layer or block")
+        if self.batch_size < 1:
+            raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class Selection:
+    """What a structured method decided: nested removal sets, one per step, and what it cost."""
+
+    steps: list[SearchStep]
+    cost: dict[str, int]
+    score_name: str
+
+
+class StructuredMethod:
+    """Base: choose units, score them, schedule the removals."""
+
+    kind: ClassVar[str] = "structured"
+    score_name: ClassVar[str] = "calibration mean NLL"
+
+    def units(self, adapter: ModelAdapter, options: StructuredOptions) -> list[Unit]:
+        return block_units(adapter, options.block_type)
+
+    def check(self, units: list[Unit], options: StructuredOptions) -> None:
+        if options.blocks is not None and options.blocks > len(units):
+            raise SecateursError(f"--blocks {options.blocks} is more than the {len(units)} candidate units")
+
+    def select(self, adapter: ModelAdapter, windows: TokenWindows, options: StructuredOptions,
+               progress: bool = True) -> Selection:
+        raise NotImplementedError
+
+
+class GreedyPPL(StructuredMethod):
+    """BlockPruner: greedy iterative removal of the MHA/MLP block with the lowest calibration PPL."""
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        self.check(units, options)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+
+
+class LayerSearch(GreedyPPL):
+    """SLEB-style greedy search over whole layers by calibration PPL (BlockPruner's '- block')."""
+
+    def units(self, adapter, options):
+        return layer_units(adapter)
+
+
+class OneShotPPL(StructuredMethod):
+    """One-shot ranking: every block scored once by calibration PPL on the dense model ('- search')."""
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        self.check(units, options)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive)
+        evaluator.prepare()
+        scores = {u.name: evaluator.total(u) / evaluator.n_windows for u in units}
+        steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+
+
+def _js_loss(reference: list[torch.Tensor]):
+    """Per-window mean Jensen-Shannon divergence of next-token distributions from ``reference``."""
+
+    def loss(logits: torch.Tensor, input_ids: torch.Tensor, batch_index: int) -> torch.Tensor:
+        log_p = reference[batch_index]
+        log_q = torch.log_softmax(logits.float(), dim=-1)
+        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
+        kl_pm = F.kl_div(log_m, log_p, log_target=True, reduction="none").sum(-1)
+        kl_qm = F.kl_div(log_m, log_q, log_target=True, reduction="none").sum(-1)
+        return (0.5 * (kl_pm + kl_qm)).clamp_min(0).mean(dim=1)
+
+    return loss
+
+
+class FinerCut(StructuredMethod):
+    """FinerCut-style: greedy over MHA/MLP blocks, scored by JS divergence from the dense model's outputs."""
+
+    score_name = "mean JS divergence from the dense model"
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        self.check(units, options)
+        with torch.no_grad():
+            device = next(adapter.model.parameters()).device
+            reference = [
+                torch.log_softmax(adapter.model(input_ids=b.to(device), use_cache=False).logits.float(), dim=-1)
+                for b in windows.input_ids.split(options.batch_size)
+            ]
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, loss=_js_loss(reference),
+                                     fast=not options.naive)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+
+
+def _unit_boundaries(adapter: ModelAdapter, unit: Unit) -> tuple[Any, Any]:
+    """State keys of the residual stream entering and leaving a unit (block or layer)."""
+    order = [Block(k, i) for i in range(adapter.num_layers) for k in ("mha", "mlp")]
+    last = max(unit.blocks, key=lambda b: order.index(b))
+    after = order.index(last) + 1
+    return unit.first, (order[after] if after < len(order) else FINAL)
+
+
+class OneShotStatistic(StructuredMethod):
+    """Base for one-shot scores computed from the dense model's residual stream around each unit."""
+
+    def units(self, adapter, options):
+        return layer_units(adapter) if options.unit == "layer" else block_units(adapter, options.block_type)
+
+    def statistic(self, x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+        """Per-token score (lower = less important)."""
+        raise NotImplementedError
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        self.check(units, options)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=True)
+        states = evaluator.capture()
+        scores = {}
+        for unit in units:
+            start, end = _unit_boundaries(adapter, unit)
+            per_token = torch.cat([self.statistic(s[start].float(), s[end].float()).flatten() for s in states])
+            scores[unit.name] = per_token.double().mean().item()
+        steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+
+
+class ShortGPT(OneShotStatistic):
+    """ShortGPT Block Influence: remove the units whose output is most similar to their input."""
+
+    score_name = "block influence 1 - cos(x_in, x_out)"
+
+    def statistic(self, x_in, x_out):
+        return 1 - F.cosine_similarity(x_in, x_out, dim=-1)
+
+
+class RelativeMagnitude(OneShotStatistic):
+    """Relative Magnitude: ||f(x)|| / ||x + f(x)|| of the unit's residual branch f."""
+
+    score_name = "relative magnitude ||f(x)|| / ||x + f(x)||"
+
+    def statistic(self, x_in, x_out):
+        return (x_out - x_in).norm(dim=-1) / x_out.norm(dim=-1).clamp_min(1e-12)

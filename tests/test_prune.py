@@ -1,0 +1,169 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from conftest import tiny_model, FAMILIES
+from secateurs import Block, ModelAdapter, SecateursError, load_pruned, prune
+from secateurs.cli import main
+from secateurs.export import save_pruned
+from secateurs.search import removal_ratio
+
+COMMON = dict(calib="alpaca", samples=20, seqlen=32, eval_max_windows=2, progress=False)
+
+
+def _ids(n=1, length=20, seed=0):
+    return torch.randint(3, 250, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _saved_keys(directory):
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        return set(f.keys())
+
+
+def test_prune_exports_smaller_model_that_reloads_identically(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "pruned"
+    result = prune(str(tiny_model_dir), blocks=3, data_dir=data_dir, out=out, **COMMON)
+    report = json.loads((out / "report.json").read_text())
+    assert report["removal_order"] == [s["unit"] for s in report["steps"]] and len(report["steps"]) == 3
+    assert [len(s["removed"]) for s in report["steps"]] == [1, 2, 3]  # nested sets, every level saved
+    assert report["calibration"]["protocol"]["sample_ids"] and report["environment"]["versions"]["torch"]
+    assert report["pruned_params"] == ModelAdapter(result.model.model).total_num_params()
+    assert "| 3 |" in (out / "report.md").read_text()
+    keys = _saved_keys(out)
+    for block in result.removed:
+        prefix = f"model.layers.{block.layer}.{'self_attn' if block.kind == 'mha' else 'mlp'}."
+        assert not any(k.startswith(prefix) for k in keys), block
+    reloaded = load_pruned(out)
+    assert ModelAdapter(reloaded.model).removed_blocks() == sorted(result.removed)
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(_ids()).logits, result.model.model(_ids()).logits)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_generation_after_removing_attention_including_layer_0(family, byte_tokenizer, tmp_path):
+    adapter = ModelAdapter(tiny_model(family))
+    save_pruned(adapter, byte_tokenizer, [Block("mha", 0), Block("mha", 2), Block("mlp", 1)], tmp_path / "m", {})
+    model = load_pruned(tmp_path / "m").model
+    prompt = _ids(length=30)
+    with torch.no_grad():
+        full = model(torch.cat([prompt, _ids(length=10, seed=1)], 1), use_cache=False).logits
+        out = model(prompt, use_cache=True)
+        cache, steps = out.past_key_values, [out.logits]
+        for t in range(10):
+            o = model(_ids(length=10, seed=1)[:, t : t + 1], past_key_values=cache, use_cache=True)
+            cache = o.past_key_values
+            steps.append(o.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+    with_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
+    without = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(with_cache, without)
+
+
+def test_whole_layers_export_is_a_plain_checkpoint(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "fewer-layers"
+    result = prune(str(tiny_model_dir), method="layer-search", blocks=1, data_dir=data_dir, out=out, **COMMON)
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    assert plain.config.num_hidden_layers == 2
+    assert json.loads((out / "config.json").read_text())["secateurs_pruning"]["format"] == "fewer-layers"
+    with torch.no_grad():
+        assert torch.equal(plain(_ids()).logits, result.model.model(_ids()).logits)
+        a = plain.generate(_ids(length=8), max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+        b = plain.generate(_ids(length=8), max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(a, b)
+
+
+def test_saved_search_reapplies_at_a_lower_level(tiny_model_dir, data_dir, tmp_path):
+    full = prune(str(tiny_model_dir), blocks=3, data_dir=data_dir, out=tmp_path / "k3", **COMMON)
+    again = prune(str(tiny_model_dir), from_report=tmp_path / "k3" / "report.json", blocks=2,
+                  data_dir=data_dir, **COMMON)
+    assert [b.name for b in sorted(again.removed)] == full.report["steps"][1]["removed"]
+    assert again.report["search_cost"] == {}
+
+
+@pytest.mark.parametrize("method", ["shortgpt", "relative-magnitude", "one-shot-ppl", "finercut", "layer-search"])
+def test_baselines_select_nested_sets(method, tiny_model_dir, data_dir):
+    result = prune(str(tiny_model_dir), method=method, blocks=2, data_dir=data_dir, eval_ppl=(), **COMMON)
+    steps = result.report["steps"]
+    assert len(steps) == 2 and set(steps[0]["removed"]) < set(steps[1]["removed"])
+    assert result.report["ratio"] == steps[-1]["ratio"] > 0
+
+
+def test_shortgpt_scores_are_block_influence(data_dir, byte_tokenizer):
+    from secateurs.data import calibration_windows
+    from secateurs.methods import StructuredOptions, get_method
+    model = tiny_model("llama")
+    adapter = ModelAdapter(model)
+    windows = calibration_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=5)
+    steps = get_method("shortgpt").select(adapter, windows, StructuredOptions(blocks=3), progress=False).steps
+    with torch.no_grad():
+        hidden = model(windows.input_ids, output_hidden_states=True).hidden_states
+    # hidden_states[i] enters layer i; the last one is after the final norm, so take layer outputs by hooks
+    bi = {}
+    for i in range(2):
+        cos = torch.nn.functional.cosine_similarity(hidden[i], hidden[i + 1], dim=-1)
+        bi[f"layer.{i}"] = (1 - cos).double().mean().item()
+    for step in steps:
+        if step.unit in bi:
+            assert abs(step.score - bi[step.unit]) < 1e-5
+
+
+def test_finercut_fast_equals_naive(tiny_model_dir, data_dir):
+    a = prune(str(tiny_model_dir), method="finercut", blocks=3, data_dir=data_dir, eval_ppl=(), **COMMON)
+    b = prune(str(tiny_model_dir), method="finercut", blocks=3, naive=True, data_dir=data_dir, eval_ppl=(), **COMMON)
+    assert a.report["removal_order"] == b.report["removal_order"]
+    assert [s["score"] for s in a.report["steps"]] == [s["score"] for s in b.report["steps"]]
+
+
+@pytest.mark.parametrize(
+    "shape, removed, expected",
+    [
+        (dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32), (1, 0), 0.9960),
+        (dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32), (0, 1), 2.0075),
+        (dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32), (12, 5), 21.99),
+        (dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40), (17, 7), 25.12),
+    ],
+)
+def test_parameter_ratio_matches_the_paper(shape, removed, expected):
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, **shape))
+    adapter = ModelAdapter(model)
+    blocks = [Block("mha", i) for i in range(removed[0])] + [Block("mlp", i) for i in range(removed[1])]
+    ratio = 100 * removal_ratio(adapter, blocks, adapter.total_num_params())
+    assert round(ratio, 4 if expected < 5 else 2) == expected
+
+
+def _err(capsys, *argv):
+    capsys.readouterr()
+    code = main(["--quiet", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_bad_prune_input(capsys, tiny_model_dir, data_dir, tmp_path):
+    base = ["prune", str(tiny_model_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--samples", "5"]
+    assert "more than the 6 candidate units" in _err(capsys, *base, "--blocks", "7")
+    assert "--ratio must be in (0, 1)" in _err(capsys, *base, "--ratio", "1.5")
+    assert "--blocks K or --ratio R" in _err(capsys, *base)
+    assert "unknown method 'sleb'" in _err(capsys, *base, "--method", "sleb", "--blocks", "1")
+    assert "need at least 4096" in _err(capsys, *base[:-4], "--seqlen", "4096", "--samples", "1", "--blocks", "1")
+    (tmp_path / "exists").mkdir()
+    assert "already exists" in _err(capsys, *base, "--blocks", "1", "--out", str(tmp_path / "exists"))
+
+
+def test_interrupted_export_leaves_no_directory(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import importlib
+
+    prune_module = importlib.import_module("secateurs.prune")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_module, "write_text_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prune(str(tiny_model_dir), blocks=1, data_dir=data_dir, out=tmp_path / "outs" / "out", **COMMON)
+    assert list((tmp_path / "outs").iterdir()) == []  # neither the output nor a temporary directory

@@ -1,0 +1,53 @@
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from secateurs import ModelAdapter
+from secateurs.data import TokenWindows
+from secateurs.search import VariantEvaluator, block_units, greedy_search, layer_units
+
+
+def _windows(n=5, seqlen=24, seed=0):
+    ids = torch.randint(3, 259, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+    return TokenWindows(ids, {"windows": n, "seqlen": seqlen})
+
+
+def _search(model, fast, units_of=block_units, steps=4, batch_size=2):
+    adapter = ModelAdapter(model)
+    evaluator = VariantEvaluator(adapter, _windows(), batch_size=batch_size, fast=fast)
+    return greedy_search(adapter, units_of(adapter), evaluator, max_steps=steps, progress=False), evaluator.cost
+
+
+def test_fast_search_picks_exactly_the_naive_blocks(family):
+    model = tiny_model(family, seed=3)
+    naive, naive_cost = _search(model, fast=False)
+    fast, fast_cost = _search(model, fast=True)
+    assert [s.unit for s in fast] == [s.unit for s in naive]
+    for a, b in zip(fast, naive):
+        assert a.score == b.score  # bit-identical, not merely close
+        completed = {k: v for k, v in a.candidates.items() if v is not None}
+        assert completed and all(b.candidates[k] == v for k, v in completed.items())
+    assert fast_cost.block_window_evals < naive_cost.block_window_evals
+    assert naive_cost.abandoned == 0
+
+
+def test_naive_scores_are_the_perplexity_of_each_variant():
+    model = tiny_model("llama")
+    adapter = ModelAdapter(model)
+    steps, _ = _search(model, fast=False, steps=1)
+    from secateurs.perplexity import window_nlls
+    for unit in block_units(adapter)[:3]:
+        with adapter.skipped(unit.blocks):
+            expected = window_nlls(model, _windows(), batch_size=2, progress=False).double().mean().item()
+        assert math.isclose(steps[0].candidates[unit.name], expected, rel_tol=1e-12)
+    assert steps[0].score == min(steps[0].candidates.values())
+
+
+def test_layer_search_fast_equals_naive():
+    model = tiny_model("qwen2", seed=1)
+    naive, _ = _search(model, fast=False, units_of=layer_units, steps=2)
+    fast, _ = _search(model, fast=True, units_of=layer_units, steps=2)
+    assert [s.unit for s in fast] == [s.unit for s in naive] and all(s.unit.startswith("layer.") for s in fast)
+    assert fast[-1].removed == sorted(fast[-1].removed)
