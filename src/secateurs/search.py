@@ -183,10 +183,8 @@ class VariantEvaluator:
         if self.fast:
             self.capture()
 
-    def total(self, unit: Unit | None, bound: float = math.inf) -> float | None:
-        """Total loss with ``unit`` also skipped (None: the current model); None if abandoned."""
-        if unit is None:
-            return self._total_naive()
+    def total(self, unit: Unit, bound: float = math.inf) -> float | None:
+        """Total loss with ``unit`` also skipped; None if abandoned (its total exceeded ``bound``)."""
         with self.adapter.skipped(unit.blocks):
             result = self._total_fast(unit, bound) if self.fast else self._total_naive()
         if result is not None:
