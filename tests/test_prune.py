@@ -167,3 +167,18 @@ def test_interrupted_export_leaves_no_directory(tiny_model_dir, data_dir, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         prune(str(tiny_model_dir), blocks=1, data_dir=data_dir, out=tmp_path / "outs" / "out", **COMMON)
     assert list((tmp_path / "outs").iterdir()) == []  # neither the output nor a temporary directory
+
+
+@pytest.mark.parametrize("method", ["blockpruner", "one-shot-ppl", "shortgpt"])
+def test_calibration_ppl_per_step_is_that_of_the_nested_set(method, tiny_model_dir, data_dir, byte_tokenizer):
+    from secateurs.data import calibration_windows
+    from secateurs.perplexity import perplexity
+
+    result = prune(str(tiny_model_dir), method=method, blocks=3, data_dir=data_dir, eval_ppl=(), **COMMON)
+    model = load_pruned(tiny_model_dir).model  # the dense model again
+    adapter = ModelAdapter(model)
+    windows = calibration_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=20, seed=0)
+    for step, ppl in zip(result.report["steps"], result.report["calibration"]["ppl_per_step"]):
+        with adapter.skipped([Block.parse(n) for n in step["removed"]]):
+            expected = perplexity(model, windows, batch_size=4, progress=False)["ppl"]
+        assert ppl == pytest.approx(expected, rel=1e-9), step["removed"]

@@ -109,7 +109,7 @@ def prune(
 
     start = time.perf_counter()
     calib_ppl = [
-        math.exp(s.score) if selection.score_name == "calibration mean NLL" else _ppl_without(adapter, windows, s, batch_size)
+        math.exp(s.score) if selection.steps_score_calibration_nll else _ppl_without(adapter, windows, s, batch_size)
         for s in selection.steps
     ]
     dense_calib = perplexity(lm.model, windows, batch_size=batch_size, progress=False)["ppl"]

@@ -27,6 +27,7 @@ from ..search import (
     Unit,
     VariantEvaluator,
     block_units,
+    forward_position,
     greedy_search,
     layer_units,
     one_shot_ranking,
@@ -66,6 +67,7 @@ class Selection:
     steps: list[SearchStep]
     cost: dict[str, int]
     score_name: str
+    steps_score_calibration_nll: bool = False  # step.score is the mean NLL of that step's removal set
 
 
 class StructuredMethod:
@@ -94,7 +96,7 @@ class GreedyPPL(StructuredMethod):
         self.check(units, options)
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive)
         steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
-        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name, steps_score_calibration_nll=True)
 
 
 class LayerSearch(GreedyPPL):
@@ -106,6 +108,8 @@ class LayerSearch(GreedyPPL):
 
 class OneShotPPL(StructuredMethod):
     """One-shot ranking: every block scored once by calibration PPL on the dense model ('- search')."""
+
+    score_name = "calibration mean NLL with the unit alone removed from the dense model"
 
     def select(self, adapter, windows, options, progress=True):
         units = self.units(adapter, options)
@@ -153,10 +157,10 @@ class FinerCut(StructuredMethod):
 
 def _unit_boundaries(adapter: ModelAdapter, unit: Unit) -> tuple[Any, Any]:
     """State keys of the residual stream entering and leaving a unit (block or layer)."""
-    order = [Block(k, i) for i in range(adapter.num_layers) for k in ("mha", "mlp")]
-    last = max(unit.blocks, key=lambda b: order.index(b))
-    after = order.index(last) + 1
-    return unit.first, (order[after] if after < len(order) else FINAL)
+    last = max(unit.blocks, key=forward_position)
+    if last.kind == "mha":
+        return unit.first, Block("mlp", last.layer)
+    return unit.first, (Block("mha", last.layer + 1) if last.layer + 1 < adapter.num_layers else FINAL)
 
 
 class OneShotStatistic(StructuredMethod):
