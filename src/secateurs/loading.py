@@ -66,21 +66,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _from_pretrained(path_or_id: str, what: str, **kwargs: Any) -> tuple[Any, Any]:
-    """Load model + tokenizer; any failure becomes one clear SecateursError."""
+def _from_pretrained(path_or_id: str, what: str, **kwargs: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Load model, tokenizer and transformers' loading info; any failure becomes one SecateursError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, gguf_file=kwargs.get("gguf_file"))
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
-        if isinstance(model, tuple):  # output_loading_info=True
-            model[0].eval()
-            return model, tokenizer
+        model, info = AutoModelForCausalLM.from_pretrained(path_or_id, output_loading_info=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - arbitrary files raise anything (SafetensorError, struct.error, ...)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SecateursError(f"could not load {what}: {first_line}") from exc
     model.eval()
-    return model, tokenizer
+    return model, tokenizer, info
 
 
 def _dequantised_cache(gguf: Path, digest: str) -> Path:
@@ -89,7 +86,7 @@ def _dequantised_cache(gguf: Path, digest: str) -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("dequantising %s (first load only; cached in %s)", gguf.name, target)
-    model, tokenizer = _from_pretrained(
+    model, tokenizer, _ = _from_pretrained(
         str(gguf.parent), f"GGUF file {gguf}", gguf_file=gguf.name, dtype=torch.float32
     )
     # transformers marks GGUF-loaded models as quantised; the dequantised weights are plain floats.
@@ -110,7 +107,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device, source: dic
         raise SecateursError(f"GGUF file not found: {path}")
     digest = source.get("sha256") or sha256_file(path)
     cached = _dequantised_cache(path, digest)
-    model, tokenizer = _from_pretrained(str(cached), f"cached model {cached}", dtype=dtype)
+    model, tokenizer, _ = _from_pretrained(str(cached), f"cached model {cached}", dtype=dtype)
     source.update(kind="gguf", gguf=str(path), sha256=digest, cache=str(cached))
     return LoadedModel(model.to(device), tokenizer, source)
 
@@ -127,7 +124,7 @@ def _load_directory(path: Path, dtype: torch.dtype, device: torch.device, source
     pruning = json.loads((path / "config.json").read_text()).get(CONFIG_KEY) or {}
     removed = [Block.parse(name) for name in pruning.get("removed_blocks", [])]
     if not removed:
-        model, tokenizer = _from_pretrained(str(path), f"model directory {path}", dtype=dtype)
+        model, tokenizer, _ = _from_pretrained(str(path), f"model directory {path}", dtype=dtype)
         source.update(kind="directory", path=str(path), pruning=pruning or None)
         return LoadedModel(model.to(device), tokenizer, source)
     # Removed blocks' weights are absent from the files: transformers initialises them, then they are
@@ -137,9 +134,7 @@ def _load_directory(path: Path, dtype: torch.dtype, device: torch.device, source
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        (model, info), tokenizer = _from_pretrained(
-            str(path), f"pruned model directory {path}", dtype=dtype, output_loading_info=True
-        )
+        model, tokenizer, info = _from_pretrained(str(path), f"pruned model directory {path}", dtype=dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
     adapter = ModelAdapter(model)
@@ -183,7 +178,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
         return _load_gguf(path, torch_dtype, dev, source)
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep in spec.strip("/")
     if _HUB_ID.match(spec) and not path.parent.is_dir():
-        model, tokenizer = _from_pretrained(spec, f"'{spec}' from the Hugging Face hub or its local cache", dtype=torch_dtype)
+        model, tokenizer, _ = _from_pretrained(spec, f"'{spec}' from the Hugging Face hub or its local cache", dtype=torch_dtype)
         source.update(kind="hub")
         return LoadedModel(model.to(dev), tokenizer, source)
     close = difflib.get_close_matches(spec, list(BUILTIN_MODELS), n=1)
