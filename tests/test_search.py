@@ -5,6 +5,7 @@ import torch
 
 from conftest import tiny_model
 from secateurs import ModelAdapter
+from secateurs.adapter import Block
 from secateurs.data import TokenWindows
 from secateurs.search import VariantEvaluator, block_units, greedy_search, layer_units
 
@@ -51,3 +52,46 @@ def test_layer_search_fast_equals_naive():
     fast, _ = _search(model, fast=True, units_of=layer_units, steps=2)
     assert [s.unit for s in fast] == [s.unit for s in naive] and all(s.unit.startswith("layer.") for s in fast)
     assert fast[-1].removed == sorted(fast[-1].removed)
+
+
+def test_vocabulary_bound_never_exceeds_the_exact_nll(family):
+    from secateurs.perplexity import next_token_nll
+    from secateurs.search import FINAL, VocabularyBound
+    model = tiny_model(family, seed=5)
+    adapter = ModelAdapter(model)
+    windows = _windows(n=3)
+    evaluator = VariantEvaluator(adapter, windows, batch_size=3)
+    evaluator.prepare()
+    bound = VocabularyBound.from_current(adapter, evaluator._states[0][FINAL], windows.input_ids, top_k=4)
+    assert len(bound.head.weight) < model.config.vocab_size  # a real subset, or the test proves nothing
+    for unit in block_units(adapter):
+        with adapter.skipped(unit.blocks):
+            logits = model(input_ids=windows.input_ids).logits
+            hidden = evaluator._run_layers(0, 0, evaluator._states[0][Block("mha", 0)])
+        exact = next_token_nll(logits, windows.input_ids).tolist()
+        lower = bound.lower_bound(adapter, hidden)
+        assert all(0 <= lo <= ex + 1e-6 for lo, ex in zip(lower, exact)), unit.name
+        assert sum(lower) > 0.5 * sum(exact)  # and it is a useful bound, not just 0
+
+
+def test_states_reused_across_steps_equal_a_fresh_capture():
+    model = tiny_model("llama", seed=2)
+    adapter = ModelAdapter(model)
+    reused = VariantEvaluator(adapter, _windows(), batch_size=2)
+    reused.prepare()
+    first_capture = reused.cost.block_window_evals
+    removed = [Block("mlp", 1), Block("mha", 2)]
+    with adapter.skipped(removed):
+        reused.prepare()  # only layers 1.. run again
+        fresh = VariantEvaluator(adapter, _windows(), batch_size=2)
+        fresh.prepare()
+    assert reused.cost.block_window_evals - first_capture < fresh.cost.block_window_evals
+    for a, b in zip(reused._states, fresh._states):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_bound_abandons_candidates_without_their_full_head():
+    model = tiny_model("llama", seed=3)
+    _, cost = _search(model, fast=True)
+    assert cost.bound_window_evals > 0 and cost.abandoned > 0
+    assert cost.head_window_evals < cost.completed * 5 + cost.abandoned * 5

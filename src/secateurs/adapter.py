@@ -229,9 +229,23 @@ class ModelAdapter:
                 for name, module in originals.items():
                     setattr(layer, name, module)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm + head (+ Gemma's logit soft-capping) applied to the last hidden state."""
-        logits = self.lm_head(self.final_norm(hidden))
+    def head_rows(self, rows: torch.Tensor) -> nn.Linear:
+        """The LM head restricted to the vocabulary entries ``rows`` (a copy, for cheap partial logits)."""
+        weight = self.lm_head.weight.detach()[rows]
+        bias = getattr(self.lm_head, "bias", None)
+        head = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                                  device=weight.device, dtype=weight.dtype)
+        head.weight.data.copy_(weight)
+        if bias is not None:
+            head.bias.data.copy_(bias.detach()[rows])
+        return head.requires_grad_(False)
+
+    def logits(self, hidden: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """Final norm + head (+ Gemma's logit soft-capping) applied to the last hidden state.
+
+        ``head`` replaces the LM head, e.g. by a part of it from :meth:`head_rows`.
+        """
+        logits = (self.lm_head if head is None else head)(self.final_norm(hidden))
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
