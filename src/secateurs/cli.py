@@ -14,6 +14,8 @@ from .errors import SecateursError
 from .io import check_output_path, write_json_atomic
 from .methods import list_methods
 from .perplexity import DEFAULT_BATCH_SIZE
+from .masks import parse_nm
+from .methods import DPrunerOptions, UnstructuredOptions, get_method
 from .prune import prune
 
 EXIT_USER_ERROR = 2
@@ -54,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ev)
     _add_data_options(ev)
 
-    pr = sub.add_parser("prune", help="prune a model (structured: remove MHA/MLP blocks or layers)")
+    pr = sub.add_parser("prune", help="prune a model: remove blocks (structured) or zero weights (unstructured)")
     pr.add_argument("model", help="built-in alias, .gguf file, model directory or org/name hub id")
     pr.add_argument("--method", default="blockpruner", help="see `secateurs methods` (default blockpruner)")
-    pr.add_argument("--calib", default="alpaca", help="calibration set or .txt/.jsonl file (default alpaca)")
+    pr.add_argument("--calib", "--general-calib", dest="calib",
+                    help="(general) calibration set or .txt/.jsonl file (default: alpaca for structured methods, "
+                         "c4 for unstructured ones)")
     pr.add_argument("--samples", type=int, default=64, help="calibration documents drawn with --seed (default 64)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--seqlen", type=int, default=512, help="calibration window length (default 512)")
@@ -66,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--block-type", default="mix", choices=["mix", "mha", "mlp"], help="block units to search")
     pr.add_argument("--unit", default="layer", choices=["layer", "block"], help="unit of shortgpt / relative-magnitude")
     pr.add_argument("--naive", action="store_true", help="reference search: a full forward per candidate")
+    un = pr.add_argument_group("unstructured methods (magnitude, wanda, sparsegpt, dpruner)")
+    un.add_argument("--sparsity", type=float, help="fraction of weights to zero, in (0, 1)")
+    un.add_argument("--nm", help="or N:M sparsity, e.g. 2:4 (keep N of every M)")
+    un.add_argument("--group", help="comparison group: row, matrix, columns:W or blocks:N (default: the method's)")
+    un.add_argument("--sparsity-of", default="matrices", choices=["matrices", "all"],
+                    help="the sparsity counts the pruned matrices (default) or all parameters")
+    un.add_argument("--propagate", default="pruned", choices=["pruned", "dense"],
+                    help="what the next layer is calibrated on (default: the pruned layers' outputs)")
+    un.add_argument("--damping", type=float, default=0.01, help="SparseGPT / OBS damping (default 0.01)")
+    un.add_argument("--domain", help="healthcare or legal: D-Pruner's domain data, and a domain PPL for every method")
+    un.add_argument("--domain-data", help="or your own domain text (.txt or .jsonl) for D-Pruner")
+    un.add_argument("--domain-samples", type=int, default=64, help="domain documents drawn with --seed (default 64)")
+    dp = pr.add_argument_group("D-Pruner")
+    dp.add_argument("--dpruner-steps", type=int, default=1, help="epochs of fused SGD on the domain data; 0 = one pass of gradients (default 1)")
+    dp.add_argument("--dpruner-variant", default="paper", choices=["paper", "code"], help="the paper's regulariser or the authors' code's")
+    dp.add_argument("--dpruner-lambda", type=float, default=0.1, help="weight of the general-importance penalty (default 0.1)")
+    dp.add_argument("--dpruner-lr", type=float, default=0.03, help="learning rate (default 0.03)")
+    dp.add_argument("--dpruner-batch-size", type=int, default=8, help="windows per update (default 8)")
+    dp.add_argument("--general-importance", help="reuse a saved general importance (general_importance.safetensors)")
     pr.add_argument("--from-report", help="re-apply a saved search (report.json) at level --blocks, no search")
     pr.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
     pr.add_argument("--eval-ppl", type=_comma_list, default=["wikitext2"], help="perplexity after pruning (dense vs pruned)")
@@ -110,7 +133,27 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _unstructured_options(args: argparse.Namespace) -> UnstructuredOptions | None:
+    if get_method(args.method).kind != "unstructured":
+        return None
+    dpruner = DPrunerOptions(lam=args.dpruner_lambda, lr=args.dpruner_lr, steps=args.dpruner_steps,
+                             variant=args.dpruner_variant, batch_size=args.dpruner_batch_size,
+                             general_importance=args.general_importance)
+    return UnstructuredOptions(sparsity=args.sparsity, nm=parse_nm(args.nm) if args.nm else None, group=args.group, sparsity_of=args.sparsity_of,
+                               batch_size=args.batch_size, propagate=args.propagate, damping=args.damping,
+                               extra={"dpruner": dpruner})
+
+
+def _print_unstructured(report: dict) -> None:
+    sparsity = report["sparsity"]
+    print(f"{report['method']}: {report['details']['pattern']}; achieved {100 * sparsity['over_pruned_matrices']:.2f}% "
+          f"of the pruned matrices, {100 * sparsity['over_all_parameters']:.2f}% of all parameters")
+    for name, ev in report["evaluation"].items():
+        print(f"{name} PPL {ev['dense_ppl']:.3f} -> {ev['pruned_ppl']:.3f}")
+
+
 def _cmd_prune(args: argparse.Namespace) -> None:
+    unstructured = _unstructured_options(args)
     result = prune(
         args.model, method=args.method, calib=args.calib, samples=args.samples, seqlen=args.seqlen,
         seed=args.seed, blocks=args.blocks, ratio=args.ratio, block_type=args.block_type, unit=args.unit,
@@ -118,8 +161,15 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         eval_max_windows=args.eval_max_windows, from_report=args.from_report, data_dir=args.data_dir,
         text_field=args.text_field, out=args.out, overwrite=args.overwrite, dtype=args.dtype,
         device=args.device, progress=not args.quiet, command=["secateurs", *args.argv],
+        unstructured=unstructured, domain=args.domain, domain_data=args.domain_data,
+        domain_samples=args.domain_samples,
     )
     report = result.report
+    if unstructured is not None:
+        _print_unstructured(report)
+        if args.out:
+            print(f"wrote {args.out} (model, report.json, report.md)")
+        return
     print(f"{args.method}: removed {', '.join(report['removal_order'])} (in this order)")
     print(f"parameters {report['dense_params']:,} -> {report['pruned_params']:,} (ratio {100 * report['ratio']:.2f}%)")
     print(f"calibration PPL {report['calibration']['dense_ppl']:.3f} -> {report['calibration']['ppl_per_step'][-1]:.3f}")

@@ -161,6 +161,28 @@ def _alpaca(root: Path) -> list[Document]:
     )
 
 
+def _legalbench_train(root: Path) -> list[Document]:
+    """LegalBench train rows with their answers, minus any whose text is also a test row's (206 are)."""
+    path = root / "tasks/legalbench.jsonl"
+    test_texts = {row.get("text") for _, row in read_jsonl_rows(path) if row.get("split") == "test"}
+    return read_jsonl(path, render_legalbench_with_answer, "legalbench:",
+                      where=lambda r: r.get("split") == "train" and r.get("text") not in test_texts)
+
+
+def _healthcare_train(root: Path) -> list[Document]:
+    """PubMedQA train rows with decision and long answer, then MedQuAD question/answer pairs."""
+    return read_jsonl(root / "tasks/pubmedqa.jsonl", render_pubmedqa_with_answer, "pubmedqa:",
+                      where=_split_is("train")) + read_jsonl(root / "text/medquad/qa.jsonl", render_medquad, "medquad:")
+
+
+def _pubmedqa_test_contexts(root: Path) -> list[Document]:
+    return read_jsonl(root / "tasks/pubmedqa.jsonl", lambda r: r["context"], "pubmedqa:", where=_split_is("test"))
+
+
+def _legalbench_test_texts(root: Path) -> list[Document]:
+    return read_jsonl(root / "tasks/legalbench.jsonl", lambda r: r["text"], "legalbench:", where=_split_is("test"))
+
+
 NAMED_SETS: dict[str, NamedSet] = {
     s.name: s
     for s in [
@@ -188,25 +210,39 @@ NAMED_SETS: dict[str, NamedSet] = {
         NamedSet("pubmedqa", "PubMedQA PQA-L", {
             "train": Split(("tasks/pubmedqa.jsonl",),
                            lambda root: read_jsonl(root / "tasks/pubmedqa.jsonl", render_pubmedqa_with_answer,
-                                                   where=_split_is("train")),
+                                                   "pubmedqa:", where=_split_is("train")),
                            "train rows: context, question, decision and long answer"),
-            "test": Split(("tasks/pubmedqa.jsonl",),
-                          lambda root: read_jsonl(root / "tasks/pubmedqa.jsonl", lambda r: r["context"],
-                                                  where=_split_is("test")),
+            "test": Split(("tasks/pubmedqa.jsonl",), _pubmedqa_test_contexts,
                           "test rows: abstracts only (held-out domain text)"),
         }),
         NamedSet("legalbench", "LegalBench 2023-03 snapshot", {
-            "train": Split(("tasks/legalbench.jsonl",),
-                           lambda root: read_jsonl(root / "tasks/legalbench.jsonl", render_legalbench_with_answer,
-                                                   where=_split_is("train")),
-                           "train rows: text and answer"),
-            "test": Split(("tasks/legalbench.jsonl",),
-                          lambda root: read_jsonl(root / "tasks/legalbench.jsonl", lambda r: r["text"],
-                                                  where=_split_is("test")),
+            "train": Split(("tasks/legalbench.jsonl",), _legalbench_train,
+                           "train rows: text and answer (rows whose text is also in test left out)"),
+            "test": Split(("tasks/legalbench.jsonl",), _legalbench_test_texts,
                           "test rows: texts only (held-out domain text)"),
+        }),
+        NamedSet("healthcare", "D-Pruner healthcare domain: calibration (train) and held-out text (test)", {
+            "train": Split(("tasks/pubmedqa.jsonl", "text/medquad/qa.jsonl"), _healthcare_train,
+                           "PubMedQA train rows with answers + MedQuAD Q/A pairs"),
+            "test": Split(("tasks/pubmedqa.jsonl",), _pubmedqa_test_contexts, "PubMedQA test abstracts"),
+        }),
+        NamedSet("legal", "D-Pruner legal domain: calibration (train) and held-out text (test)", {
+            "train": Split(("tasks/legalbench.jsonl",), _legalbench_train, "LegalBench train rows with answers"),
+            "test": Split(("tasks/legalbench.jsonl",), _legalbench_test_texts, "LegalBench test texts"),
         }),
     ]
 }
+
+DOMAINS = ("healthcare", "legal")  # named sets with a calibration (train) and a held-out (test) split
+
+
+def domain_sets(domain: str) -> tuple[str, str]:
+    """(calibration spec, held-out evaluation spec) of a named domain."""
+    if domain not in DOMAINS:
+        raise SecateursError(f"unknown domain '{domain}'; known domains: {', '.join(DOMAINS)} "
+                             "(or pass your own text with --domain-data FILE)")
+    return f"{domain}:train", f"{domain}:test"
+
 
 # Hub fallback when no data directory is configured (needs the optional `datasets` package and a
 # network): name -> (dataset path, config, {our split: hub split}, text field).
@@ -334,6 +370,8 @@ def make_windows(
     if max_windows is not None and max_windows < 1:
         raise SecateursError(f"max windows must be at least 1, got {max_windows}")
     chosen = docs.documents
+    if not any(d.text.strip() for d in chosen):
+        raise SecateursError(f"{docs.name}: no usable text (0 tokens; need at least {seqlen} for one window)")
     if samples is not None:
         if samples < 1:
             raise SecateursError(f"--samples must be at least 1, got {samples}")

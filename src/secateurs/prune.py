@@ -14,17 +14,18 @@ from typing import Any, Sequence
 import torch
 
 from .adapter import Block, ModelAdapter
-from .data import calibration_windows
+from .data import calibration_windows, domain_sets
 from .errors import SecateursError
 from .export import save_pruned
 from .io import atomic_directory, check_output_path, write_json_atomic, write_text_atomic
 from .loading import LoadedModel, load_model
-from .methods import StructuredOptions, get_method
+from .methods import StructuredOptions, UnstructuredOptions, get_method
 from .methods.structured import Selection
 from .perplexity import DEFAULT_BATCH_SIZE, perplexity
 from .provenance import environment
 from .report import render_markdown
 from .search import SearchStep
+from .sparsify import sparsify
 
 
 @dataclass
@@ -58,7 +59,7 @@ def _steps_from_report(path: str | os.PathLike, k: int | None) -> tuple[list[Sea
 def prune(
     model: str | LoadedModel,
     method: str = "blockpruner",
-    calib: str = "alpaca",
+    calib: str | None = None,
     samples: int | None = 64,
     seqlen: int = 512,
     seed: int = 0,
@@ -80,9 +81,34 @@ def prune(
     device: str = "auto",
     progress: bool = True,
     command: list[str] | None = None,
+    unstructured: UnstructuredOptions | None = None,
+    domain: str | None = None,
+    domain_data: str | None = None,
+    domain_samples: int | None = 64,
 ) -> PruneResult:
-    """Prune ``model`` with a structured method; optionally export it with its report to ``out``."""
+    """Prune ``model``; optionally export it with its report to ``out``.
+
+    Structured methods remove blocks (``blocks`` / ``ratio``); unstructured ones zero weights
+    (``unstructured`` options: sparsity or N:M; D-Pruner also uses ``domain`` / ``domain_data``).
+    """
     chosen = get_method(method)
+    if chosen.kind == "unstructured":
+        if unstructured is None:
+            raise SecateursError(f"{method} is unstructured: say --sparsity S or --nm N:M")
+        if domain is not None:
+            domain_sets(domain)  # fail on an unknown domain before loading anything
+        if out is not None:
+            check_output_path(out, overwrite)
+        start = time.perf_counter()
+        lm = load_model(model, dtype=dtype, device=device) if isinstance(model, str) else model
+        report = sparsify(lm, chosen, method, unstructured, calib=calib, samples=samples, seqlen=seqlen, seed=seed,
+                          domain=domain, domain_data=domain_data, domain_samples=domain_samples, eval_ppl=eval_ppl,
+                          eval_seqlen=eval_seqlen, eval_max_windows=eval_max_windows, data_dir=data_dir,
+                          text_field=text_field, batch_size=batch_size, out=out, overwrite=overwrite,
+                          progress=progress, command=command, timings={"load_s": time.perf_counter() - start},
+                          peak_memory=_peak_memory_mb)
+        return PruneResult(lm, [], report)
+    calib = calib or "alpaca"
     if from_report is None:
         options = StructuredOptions(blocks, ratio, block_type, unit, naive, batch_size)
     if out is not None:
@@ -124,6 +150,7 @@ def prune(
     timings["evaluation_s"] = time.perf_counter() - start
 
     report = {
+        "kind": "structured",
         "method": method,
         "score": selection.score_name,
         "model": lm.source,

@@ -11,6 +11,62 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    """A short markdown summary of a pruning report (structured or unstructured)."""
+    if report.get("kind") == "unstructured":
+        return render_unstructured(report)
+    return render_structured(report)
+
+
+def _footer(report: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()),
+        f"Peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in report["peak_memory"].items()),
+    ]
+    if report.get("command"):
+        lines += ["", "Re-run with:", "", "```", " ".join(report["command"]), "```"]
+    return lines
+
+
+def _protocol_line(label: str, proto: dict[str, Any]) -> str:
+    seed = "" if proto["seed"] is None else f" (seed {proto['seed']})"
+    return (f"{label}: {proto['dataset']} ({proto['split'] or 'file'}), {proto['documents']} documents{seed}, "
+            f"{proto['windows']} windows x {proto['seqlen']} tokens, token sha256 {proto['token_sha256'][:16]}...")
+
+
+def render_unstructured(report: dict[str, Any]) -> str:
+    details, sparsity = report["details"], report["sparsity"]
+    lines = [
+        f"# {report['method']} on {report['model'].get('spec')}",
+        "",
+        f"Pattern: {details['pattern']}; score: {details['score']}.",
+        f"Achieved sparsity: {100 * sparsity['over_pruned_matrices']:.2f}% of the pruned matrices "
+        f"({sparsity['prunable_params']:,} weights), {100 * sparsity['over_all_parameters']:.2f}% of all parameters.",
+        f"Calibration protocol: {report['calibration']['sequential']}.",
+        "",
+        "| evaluation | role | dense PPL | pruned PPL |",
+        "|---|---|---:|---:|",
+    ]
+    for name, ev in report["evaluation"].items():
+        p = ev["protocol"]
+        lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {ev['role']} | {_fmt(ev['dense_ppl'])} | {_fmt(ev['pruned_ppl'])} |")
+    lines.append("")
+    for label, key in (("General calibration", "general"), ("Domain calibration", "domain")):
+        if report["calibration"].get(key):
+            lines.append(_protocol_line(label, report["calibration"][key]))
+    if "penalty_to_gradient_ratio" in details:
+        ratio = details["penalty_to_gradient_ratio"]
+        lines += ["", f"D-Pruner penalty size: mean |penalty gradient| / |g| = {ratio['mean']:.3g} "
+                      f"(largest matrix {ratio['max']:.3g}); general importance: {details['general_importance']}."]
+    for note in details.get("notes", []):
+        lines.append(f"Note: {note}.")
+    lines += ["", "Per matrix sparsity (first layer):", ""]
+    first = {k: v for k, v in sparsity["per_matrix"].items() if k.startswith("layers.0.")}
+    lines += [f"- {k}: {100 * v:.2f}%" for k, v in first.items()]
+    lines += [""] + _footer(report)
+    return "\n".join(lines) + "\n"
+
+
+def render_structured(report: dict[str, Any]) -> str:
     """A short markdown summary of a structured pruning report."""
     calib = report["calibration"]
     proto = calib["protocol"]
@@ -38,9 +94,6 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"(seed {proto['seed']}), {proto['windows']} windows x {proto['seqlen']} tokens, "
         f"token sha256 {proto['token_sha256'][:16]}...",
         f"Search cost: {json.dumps(report['search_cost'])}",
-        f"Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()),
-        f"Peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in report["peak_memory"].items()),
+        *_footer(report),
     ]
-    if report.get("command"):
-        lines += ["", "Re-run with:", "", "```", " ".join(report["command"]), "```"]
     return "\n".join(lines) + "\n"

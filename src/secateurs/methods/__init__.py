@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SecateursError
+from .dpruner import DPruner, DPrunerOptions
 from .structured import (
     FinerCut,
     GreedyPPL,
@@ -18,6 +19,7 @@ from .structured import (
     StructuredMethod,
     StructuredOptions,
 )
+from .unstructured import Magnitude, SparseGPT, UnstructuredOptions, Wanda
 
 METHODS: dict[str, type] = {
     "blockpruner": GreedyPPL,
@@ -26,6 +28,10 @@ METHODS: dict[str, type] = {
     "finercut": FinerCut,
     "shortgpt": ShortGPT,
     "relative-magnitude": RelativeMagnitude,
+    "magnitude": Magnitude,
+    "wanda": Wanda,
+    "sparsegpt": SparseGPT,
+    "dpruner": DPruner,
 }
 
 
@@ -43,4 +49,5 @@ def list_methods() -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["METHODS", "StructuredMethod", "StructuredOptions", "get_method", "list_methods"]
+__all__ = ["METHODS", "DPrunerOptions", "StructuredMethod", "StructuredOptions", "UnstructuredOptions",
+           "get_method", "list_methods"]

@@ -1,0 +1,197 @@
+"""Unstructured methods: zero individual weights of the decoder's linear projections.
+
+| method    | score per weight                  | statistics        | default groups      |
+|-----------|-----------------------------------|-------------------|---------------------|
+| magnitude | abs(w)                            | none              | whole matrix        |
+| wanda     | abs(w_ij) * norm(X_j)             | input norms       | per output row      |
+| sparsegpt | OBS w^2 / d^2, with reconstruction| Hessian 2/n X X^T | blocks of 128 columns |
+| dpruner   | dual: general OBS + domain Taylor | see dpruner.py    | 32 column blocks    |
+
+Embeddings, norms and the LM head are never pruned. Methods with statistics run in the sequential
+pipeline (sequential.py): each layer is calibrated on the outputs of the already-pruned layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..adapter import ModelAdapter
+from ..data import TokenWindows
+from ..errors import SecateursError
+from ..masks import Pattern, select_mask
+from ..obs import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPING, obs_prune
+from ..sequential import PROPAGATE, linear_modules, run_sequential
+from ..stats import Collector, Hessian, InputNorms
+
+SPARSITY_OF = ("matrices", "all")
+
+
+@dataclass
+class UnstructuredOptions:
+    """Options shared by the unstructured methods (validated on creation)."""
+
+    sparsity: float | None = None  # fraction zeroed
+    nm: tuple[int, int] | None = None  # or N of every M kept
+    group: str | None = None  # comparison group; None = the method's default
+    sparsity_of: str = "matrices"  # the sparsity is over the pruned matrices, or over all parameters
+    batch_size: int = 4
+    propagate: str = "pruned"  # what the next layer sees during calibration: pruned or dense outputs
+    damping: float = DEFAULT_DAMPING
+    block_size: int = DEFAULT_BLOCK_SIZE
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific (D-Pruner's options)
+
+    def __post_init__(self) -> None:
+        if self.sparsity is None and self.nm is None:
+            raise SecateursError("say how much to prune: --sparsity S or --nm N:M")
+        if self.sparsity is not None and self.nm is not None:
+            raise SecateursError("give either --sparsity or --nm, not both")
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise SecateursError(f"--sparsity must be in (0, 1), got {self.sparsity}")
+        if self.sparsity_of not in SPARSITY_OF:
+            raise SecateursError(f"--sparsity-of must be one of {', '.join(SPARSITY_OF)}, got '{self.sparsity_of}'")
+        if self.propagate not in PROPAGATE:
+            raise SecateursError(f"--propagate must be one of {', '.join(PROPAGATE)}, got '{self.propagate}'")
+        if self.batch_size < 1:
+            raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.damping < 1:
+            raise SecateursError(f"--damping must be in [0, 1), got {self.damping}")
+        Pattern(self.sparsity, self.group or "row", self.nm)  # validates N:M and the group name
+
+    def pattern(self, adapter: ModelAdapter, default_group: str) -> Pattern:
+        """The per-matrix pattern; ``--sparsity-of all`` is converted to the matrices' share."""
+        if self.nm is not None:
+            return Pattern(nm=self.nm, group=self.group or default_group)
+        sparsity = self.sparsity
+        if self.sparsity_of == "all":
+            prunable = prunable_num_params(adapter)
+            sparsity = self.sparsity * adapter.total_num_params() / prunable
+            if not sparsity < 1:
+                raise SecateursError(f"--sparsity {self.sparsity} of all parameters needs more than all of the "
+                                     f"{prunable:,} prunable weights")
+        return Pattern(sparsity, self.group or default_group)
+
+
+def prunable_linears(adapter: ModelAdapter) -> dict[str, nn.Linear]:
+    """Every prunable projection, named ``layers.{i}.{relative name}``."""
+    return {f"layers.{i}.{name}": m for i, layer in enumerate(adapter.layers) for name, m in linear_modules(layer).items()}
+
+
+def prunable_num_params(adapter: ModelAdapter) -> int:
+    return sum(m.weight.numel() for m in prunable_linears(adapter).values())
+
+
+@torch.no_grad()
+def apply_mask(linear: nn.Linear, mask: torch.Tensor) -> None:
+    linear.weight[mask.to(linear.weight.device)] = 0
+
+
+@dataclass
+class Calibration:
+    """The data a method may use: general windows, and domain windows for D-Pruner."""
+
+    general: TokenWindows | None = None
+    domain: TokenWindows | None = None
+
+
+class UnstructuredMethod:
+    """Base: a score per weight from collected statistics, then a mask per matrix."""
+
+    kind: ClassVar[str] = "unstructured"
+    default_group: ClassVar[str] = "row"
+    uses_calibration: ClassVar[bool] = True
+    score_name: ClassVar[str] = ""
+
+    def collectors(self, linear: nn.Linear) -> dict[str, Collector]:
+        return {}
+
+    def prune_linear(self, linear: nn.Linear, stats: dict[str, Collector], pattern: Pattern,
+                     options: UnstructuredOptions) -> None:
+        raise NotImplementedError
+
+    def apply(self, adapter: ModelAdapter, data: Calibration, options: UnstructuredOptions,
+              progress: bool = True) -> dict[str, Any]:
+        """Prune ``adapter.model`` in place; return what the report should say about the method."""
+        pattern = options.pattern(adapter, self.default_group)
+        if data.general is None:
+            raise SecateursError(f"{type(self).__name__} needs calibration data")
+
+        def prune_layer(index, linears, stats):
+            for name, linear in linears.items():
+                self.prune_linear(linear, stats[name], pattern, options)
+
+        run_sequential(adapter, data.general, options.batch_size, self.collectors, prune_layer,
+                       options.propagate, progress, desc=type(self).__name__.lower())
+        return {"pattern": pattern.describe(), "score": self.score_name, "protocol": "sequential",
+                "propagate": options.propagate}
+
+
+class Magnitude(UnstructuredMethod):
+    """Magnitude: prune the weights with the smallest absolute value (no calibration data)."""
+
+    default_group = "matrix"
+    uses_calibration = False
+    score_name = "|w|"
+
+    def prune_linear(self, linear, stats, pattern, options):
+        apply_mask(linear, select_mask(linear.weight.detach().abs(), pattern))
+
+    def apply(self, adapter, data, options, progress=True):
+        pattern = options.pattern(adapter, self.default_group)
+        for linear in prunable_linears(adapter).values():
+            self.prune_linear(linear, {}, pattern, options)
+        return {"pattern": pattern.describe(), "score": self.score_name, "protocol": "no calibration"}
+
+
+class Wanda(UnstructuredMethod):
+    """Wanda: |w_ij| * ||X_j||_2, compared per output row (Sun et al., 2023)."""
+
+    default_group = "row"
+    score_name = "|w_ij| * ||X_j||_2"
+
+    def collectors(self, linear):
+        return {"input_norms": InputNorms(linear)}
+
+    def prune_linear(self, linear, stats, pattern, options):
+        norms = stats["input_norms"].norms.to(linear.weight.device)
+        apply_mask(linear, select_mask(linear.weight.detach().abs().float() * norms.unsqueeze(0), pattern))
+
+
+class SparseGPT(UnstructuredMethod):
+    """SparseGPT: OBS saliency per block of 128 columns with weight reconstruction (Frantar & Alistarh, 2023)."""
+
+    default_group = "columns:128"
+    score_name = "OBS w^2 / [chol(H^-1)]_jj^2 with reconstruction"
+
+    def collectors(self, linear):
+        return {"hessian": Hessian(linear)}
+
+    def prune_linear(self, linear, stats, pattern, options):
+        if options.group not in (None, f"columns:{options.block_size}"):
+            raise SecateursError(f"sparsegpt chooses its mask per block of {options.block_size} columns; "
+                                 f"--group {pattern.group} is not supported for it")
+        result = obs_prune(linear.weight, stats["hessian"].hessian, pattern, options.block_size, options.damping)
+        with torch.no_grad():
+            linear.weight.copy_(result.weight)
+
+
+@torch.no_grad()
+def sparsity_report(adapter: ModelAdapter) -> dict[str, Any]:
+    """Achieved sparsity per matrix, over the pruned matrices, and over all parameters (counted, not assumed)."""
+    per_matrix = {}
+    zeros = total = 0
+    for name, linear in prunable_linears(adapter).items():
+        z = int((linear.weight == 0).sum())
+        per_matrix[name] = z / linear.weight.numel()
+        zeros += z
+        total += linear.weight.numel()
+    return {
+        "over_pruned_matrices": zeros / total,
+        "over_all_parameters": zeros / adapter.total_num_params(),
+        "zeros": zeros,
+        "prunable_params": total,
+        "per_matrix": per_matrix,
+    }

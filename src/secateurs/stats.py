@@ -1,0 +1,61 @@
+"""Statistics collectors: forward hooks on a linear layer that summarise its inputs.
+
+Collectors only observe; methods decide masks from what they gathered (llm-compressor's split).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Collector:
+    """Accumulates a statistic of a linear layer's inputs over calibration tokens."""
+
+    def __init__(self, linear: nn.Linear):
+        self.columns = linear.in_features
+        self.tokens = 0
+
+    def update(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0].detach().reshape(-1, self.columns).float()
+        self.tokens += x.shape[0]
+        self.add(x)
+
+    def add(self, x: torch.Tensor) -> None:  # x: (tokens, in_features), float32
+        raise NotImplementedError
+
+
+class InputNorms(Collector):
+    """Squared L2 norm of every input feature over all tokens: ||X_j||^2 (Wanda)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        self.squares = torch.zeros(self.columns, dtype=torch.float64, device=linear.weight.device)
+
+    def add(self, x: torch.Tensor) -> None:
+        self.squares += x.pow(2).sum(dim=0, dtype=torch.float64)
+
+    @property
+    def norms(self) -> torch.Tensor:
+        return self.squares.sqrt().float()
+
+
+class Hessian(Collector):
+    """H = (2/n) X X^T over the n calibration tokens (SparseGPT / OBS), accumulated in float64."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        self.xtx = torch.zeros(self.columns, self.columns, dtype=torch.float64, device=linear.weight.device)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.double()
+        self.xtx += x.T @ x
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        if self.tokens == 0:
+            raise ValueError("no calibration tokens reached this layer")
+        return (2.0 / self.tokens * self.xtx).float()
+
+
+COLLECTORS = {"input_norms": InputNorms, "hessian": Hessian}
