@@ -10,9 +10,21 @@ from .data import NAMED_SETS, calibration_windows, resolve_data_dir
 from .errors import SecateursError
 from .loading import LoadedModel, load_model
 from .perplexity import DEFAULT_BATCH_SIZE, perplexity
+from .harness import run_task
 from .provenance import environment
+from .speed import measure_speed
+from .tasks import PAPER_TASKS, TASKS, load_task
 
 PAPER_SEQLEN = 2048
+
+
+def paper_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
+    """The pruning papers' zero-shot average: acc_norm for PIQA/HellaSwag/ARC, acc for WinoGrande."""
+    if not all(name in tasks for name in PAPER_TASKS):
+        return None
+    values = {name: tasks[name]["metrics"][TASKS[name].paper_metric] for name in PAPER_TASKS}
+    return {"average": sum(values.values()) / len(values), "per_task": values,
+            "metrics": {name: TASKS[name].paper_metric for name in PAPER_TASKS}}
 
 
 def evaluate(
@@ -26,10 +38,23 @@ def evaluate(
     dtype: str = "auto",
     device: str = "auto",
     progress: bool = True,
+    tasks: Sequence[str] = (),
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    log_samples: list[dict] | None = None,
+    speed: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a model (or a model spec, loaded first); returns a JSON-ready result with protocols."""
-    if not ppl:
-        raise SecateursError("nothing to evaluate: name at least one perplexity dataset")
+    """Evaluate a model (or a model spec, loaded first); returns a JSON-ready result with protocols.
+
+    ``ppl``: token perplexity datasets; ``tasks``: zero-shot / domain tasks (``limit`` = first N rows,
+    ``sample`` = a seeded subset); ``speed``: prefill/decode settings for a speed measurement.
+    """
+    if not ppl and not tasks and speed is None:
+        raise SecateursError("nothing to evaluate: name a perplexity dataset, a task or --speed")
+    if limit is not None and limit < 1:
+        raise SecateursError(f"--limit must be at least 1, got {limit}")
+    task_data = {name: load_task(name, data_dir, limit=limit, sample=sample, seed=seed) for name in tasks}
     if batch_size < 1:
         raise SecateursError(f"batch size must be at least 1, got {batch_size}")
     timings: dict[str, float] = {}
@@ -45,12 +70,26 @@ def evaluate(
         )
         results[spec] = perplexity(model.model, windows, batch_size=batch_size, progress=progress)
         timings[f"ppl_{spec}_s"] = time.perf_counter() - start
-    return {
+    task_results: dict[str, Any] = {}
+    for name, data in task_data.items():
+        start = time.perf_counter()
+        task_results[name] = {**run_task(model.model, model.tokenizer, data, progress, log_samples),
+                              "protocol": {**data.protocol, "batching": "choices of one row together; shared context once"}}
+        timings[f"task_{name}_s"] = time.perf_counter() - start
+    result: dict[str, Any] = {
         "model": model.source,
         "perplexity": results,
-        "timings": timings,
-        "environment": environment(),
+        "tasks": task_results,
+        "dtype": str(next(model.model.parameters()).dtype).replace("torch.", ""),
+        "batch_size": batch_size,
     }
+    average = paper_average(task_results)
+    if average is not None:
+        result["paper_average"] = average
+    if speed is not None:
+        result["speed"] = measure_speed(model.model, **speed)
+    result.update(timings=timings, environment=environment())
+    return result
 
 
 def describe_data(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:

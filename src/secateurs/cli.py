@@ -11,7 +11,9 @@ from typing import Sequence
 from . import __version__
 from .api import PAPER_SEQLEN, describe_data, evaluate
 from .errors import SecateursError
-from .io import check_output_path, write_json_atomic
+from .io import check_output_path, write_json_atomic, write_text_atomic
+from .report import render_results
+from .tasks import SUITES, task_names
 from .methods import list_methods
 from .perplexity import DEFAULT_BATCH_SIZE
 from .masks import parse_nm
@@ -45,9 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("eval", help="evaluate a model: token perplexity")
-    ev.add_argument("model", help="built-in alias (smollm2-135m), .gguf file, model directory or org/name hub id")
-    ev.add_argument("--ppl", type=_comma_list, default=["wikitext2"], help="datasets for token perplexity, e.g. wikitext2,c4 or a .txt/.jsonl file")
+    ev = sub.add_parser("eval", help="evaluate a model: perplexity, zero-shot and domain tasks, speed")
+    ev.add_argument("model", help="built-in alias (smollm2-135m), .gguf file, model directory (pruned ones too) or org/name hub id")
+    ev.add_argument("--ppl", type=_comma_list, help="datasets for token perplexity, e.g. wikitext2,c4 or a .txt/.jsonl file "
+                                                    "(default wikitext2 when nothing else is asked)")
+    ev.add_argument("--tasks", type=_comma_list, default=[], help=f"tasks: {', '.join(task_names())}, or a .jsonl file")
+    ev.add_argument("--suite", choices=sorted(SUITES), help="a named set of perplexities and tasks (paper = BlockPruner's five + wikitext2)")
+    ev.add_argument("--limit", type=int, help="first N rows of each task (the harness's rule)")
+    ev.add_argument("--sample", type=int, help="or a seeded subset of N rows (--seed)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--log-samples", help="write every item's log-likelihoods and prediction to this JSONL file")
+    ev.add_argument("--speed", action="store_true", help="measure prefill and decode tokens/s and peak memory")
+    ev.add_argument("--speed-baseline", help="also measure this model (e.g. the dense original) under the same settings")
+    ev.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for --speed (default 128)")
+    ev.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded for --speed (default 32)")
     ev.add_argument("--seqlen", type=int, default=PAPER_SEQLEN, help=f"window length in tokens (default {PAPER_SEQLEN}, as the papers)")
     ev.add_argument("--max-windows", type=int, help="use only the first N windows")
     ev.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
@@ -107,11 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    if args.out:
-        check_output_path(args.out, args.overwrite)
+    for path in (args.out, args.log_samples):
+        if path:
+            check_output_path(path, args.overwrite)
+    ppl, tasks = list(args.ppl or []), list(args.tasks)
+    if args.suite:
+        ppl += [p for p in SUITES[args.suite]["ppl"] if p not in ppl]
+        tasks += [t for t in SUITES[args.suite]["tasks"] if t not in tasks]
+    if not ppl and not tasks and not args.speed:
+        ppl = ["wikitext2"]
+    speed = {"batch_size": 1, "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens} if args.speed else None
+    log = [] if args.log_samples else None
     result = evaluate(
         args.model,
-        ppl=args.ppl,
+        ppl=ppl,
+        tasks=tasks,
+        limit=args.limit,
+        sample=args.sample,
+        seed=args.seed,
+        log_samples=log,
+        speed=speed,
         seqlen=args.seqlen,
         max_windows=args.max_windows,
         data_dir=args.data_dir,
@@ -122,12 +150,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     result["command"] = ["secateurs", *args.argv]
-    for spec, res in result["perplexity"].items():
-        proto = res["protocol"]
-        print(
-            f"{spec} ({proto['split'] or 'file'}): token PPL {res['ppl']:.3f} "
-            f"over {proto['windows']} windows x {proto['seqlen']} tokens"
-        )
+    if args.speed and args.speed_baseline:
+        baseline = evaluate(args.speed_baseline, ppl=[], speed=speed, dtype=args.dtype, device=args.device, progress=False)
+        result["speed_baseline"] = {"model": baseline["model"], **baseline["speed"]}
+    print(render_results(result))
+    if log is not None:
+        write_text_atomic(args.log_samples, "".join(json.dumps(row) + "\n" for row in log))
+        print(f"wrote {args.log_samples} ({len(log)} items)")
     if args.out:
         write_json_atomic(args.out, result)
         print(f"wrote {args.out}")

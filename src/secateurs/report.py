@@ -97,3 +97,37 @@ def render_structured(report: dict[str, Any]) -> str:
         *_footer(report),
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_results(result: dict[str, Any]) -> str:
+    """The table printed at the end of ``secateurs eval``."""
+    lines = []
+    for spec, res in result.get("perplexity", {}).items():
+        proto = res["protocol"]
+        lines.append(f"{spec} ({proto['split'] or 'file'}): token PPL {res['ppl']:.3f} "
+                     f"over {proto['windows']} windows x {proto['seqlen']} tokens")
+    tasks = result.get("tasks", {})
+    if tasks:
+        lines += ["", "| task | rows | metric | value | stderr |", "|---|---:|---|---:|---:|"]
+        for name, res in tasks.items():
+            metrics = res["metrics"]
+            for key, value in metrics.items():
+                if key.endswith("_stderr"):
+                    continue
+                stderr = metrics.get(f"{key}_stderr")
+                lines.append(f"| {name} | {res['n']} | {key} | {value:.4f} | {_fmt(stderr, 4)} |")
+    if "paper_average" in result:
+        lines.append(f"\npaper average (acc_norm; WinoGrande acc) over {len(result['paper_average']['per_task'])} tasks: "
+                     f"{100 * result['paper_average']['average']:.2f}")
+    for key, label in (("speed", "speed"), ("speed_baseline", "baseline speed")):
+        if key in result:
+            s = result[key]
+            lines.append(f"{label}: prefill {s['prefill_tokens_per_s']:.1f} tok/s, decode {s['decode_tokens_per_s']:.1f} tok/s "
+                         f"(batch {s['batch_size']}, prompt {s['prompt_tokens']}, decode {s['decode_tokens']}, "
+                         f"{s['dtype']} on {s['device']}, {s['params']:,} params)")
+    if "speed" in result and "speed_baseline" in result:
+        a, b = result["speed"], result["speed_baseline"]
+        lines.append(f"speed-up vs baseline: prefill {a['prefill_tokens_per_s'] / b['prefill_tokens_per_s']:.2f}x, "
+                     f"decode {a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f}x "
+                     "(unstructured zeros give none with dense kernels)")
+    return "\n".join(lines)

@@ -41,21 +41,20 @@ class InputNorms(Collector):
 
 
 class Hessian(Collector):
-    """H = (2/n) X X^T over the n calibration tokens (SparseGPT / OBS), accumulated in float64."""
+    """H = (2/n) X X^T over the n calibration tokens (SparseGPT / OBS), accumulated in float32 as SparseGPT."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
-        self.xtx = torch.zeros(self.columns, self.columns, dtype=torch.float64, device=linear.weight.device)
+        self.xtx = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=linear.weight.device)
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.double()
-        self.xtx += x.T @ x
+        self.xtx.addmm_(x.T, x)
 
     @property
     def hessian(self) -> torch.Tensor:
         if self.tokens == 0:
             raise ValueError("no calibration tokens reached this layer")
-        return (2.0 / self.tokens * self.xtx).float()
+        return 2.0 / self.tokens * self.xtx
 
 
 COLLECTORS = {"input_norms": InputNorms, "hessian": Hessian}

@@ -1,0 +1,186 @@
+"""Log-likelihood scoring and greedy generation for evaluation tasks (lm-evaluation-harness semantics).
+
+Tokenisation as the harness: trailing spaces of the context move to the continuation; the context is
+tokenised alone, the continuation is what tokenising context + continuation adds after it; no BOS.
+When all choices share the context, it runs once and its KV cache is reused for every choice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .tasks import MEQSUM_MAX_NEW_TOKENS, Item
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return context_ids, whole[len(context_ids):]
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def loglikelihoods_unbatched(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[float]:
+    """Reference: one full forward pass per choice."""
+    scores = []
+    for context, continuation in zip(item.contexts, item.continuations):
+        ctx, cont = encode_pair(tokenizer, context, continuation)
+        ids = torch.tensor([ctx + cont], device=_device(model))
+        logits = model(input_ids=ids[:, :-1], use_cache=False).logits.float()
+        logprobs = F.log_softmax(logits[0, len(ctx) - 1:], dim=-1)
+        scores.append(float(logprobs.gather(-1, torch.tensor(cont, device=ids.device).unsqueeze(-1)).sum()))
+    return scores
+
+
+@torch.no_grad()
+def loglikelihoods(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[float]:
+    """Log-probability of each choice's continuation; the shared context runs once."""
+    if not item.shared_context:
+        return _padded(model, tokenizer, item)
+    device = _device(model)
+    pairs = [encode_pair(tokenizer, item.contexts[0], c) for c in item.continuations]
+    ctx = pairs[0][0]
+    if any(p[0] != ctx for p in pairs) or not ctx:
+        return _padded(model, tokenizer, item)
+    conts = [p[1] for p in pairs]
+    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+    first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
+    cache = out.past_key_values
+    k, longest = len(conts), max(len(c) for c in conts)
+    scores = [float(first[c[0]]) for c in conts]
+    if longest > 1:
+        cache.batch_repeat_interleave(k)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((k, longest - 1), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((k, len(ctx) + longest - 1), dtype=torch.long, device=device)
+        mask[:, :len(ctx)] = 1
+        for i, c in enumerate(conts):
+            ids[i, :len(c) - 1] = torch.tensor(c[:-1])
+            mask[i, len(ctx):len(ctx) + len(c) - 1] = 1
+        logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits.float()
+        logprobs = F.log_softmax(logits, dim=-1)
+        for i, c in enumerate(conts):
+            if len(c) > 1:
+                target = torch.tensor(c[1:], device=device)
+                scores[i] += float(logprobs[i, :len(c) - 1].gather(-1, target.unsqueeze(-1)).sum())
+    return scores
+
+
+def _padded(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[float]:
+    """Different contexts (WinoGrande): all choices in one right-padded batch."""
+    device = _device(model)
+    pairs = [encode_pair(tokenizer, c, t) for c, t in zip(item.contexts, item.continuations)]
+    seqs = [ctx + cont for ctx, cont in pairs]
+    longest = max(len(s) for s in seqs) - 1
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(seqs), longest), pad, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s) - 1] = torch.tensor(s[:-1])
+        mask[i, :len(s) - 1] = 1
+    logprobs = F.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), dim=-1)
+    scores = []
+    for i, (ctx, cont) in enumerate(pairs):
+        target = torch.tensor(cont, device=device)
+        scores.append(float(logprobs[i, len(ctx) - 1:len(ctx) - 1 + len(cont)].gather(-1, target.unsqueeze(-1)).sum()))
+    return scores
+
+
+@torch.no_grad()
+def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
+    """Greedy continuation of ``prompt``, cut at the first newline."""
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=_device(model))
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return text.strip().split("\n")[0].strip()
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+def mean_stderr(values: list[float]) -> float:
+    """The harness's standard error: sample standard deviation / sqrt(n)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def macro_f1(golds: list[int], preds: list[int], classes: int) -> float:
+    scores = []
+    for c in range(classes):
+        tp = sum(g == c and p == c for g, p in zip(golds, preds))
+        fp = sum(g != c and p == c for g, p in zip(golds, preds))
+        fn = sum(g == c and p != c for g, p in zip(golds, preds))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / classes
+
+
+def balanced_accuracy(golds: list[int], preds: list[int]) -> float:
+    recalls = []
+    for c in sorted(set(golds)):
+        rows = [p for g, p in zip(golds, preds) if g == c]
+        recalls.append(sum(p == c for p in rows) / len(rows))
+    return sum(recalls) / len(recalls)
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure (Google's rouge-score package, with stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, ref in zip(predictions, references):
+        for key, score in scorer.score(ref, pred).items():
+            totals[key] += score.fmeasure
+    return {k: v / len(predictions) for k, v in totals.items()}
+
+
+def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True,
+             log: list[dict] | None = None) -> dict[str, Any]:
+    """Score every item of a task; the task's metrics with standard errors (and per-item logs)."""
+    task = data.task
+    model.eval()
+    if task.kind == "generation":
+        preds = []
+        for item in tqdm(data.items, desc=task.name, unit="row", disable=not progress, leave=False):
+            preds.append(generate_greedy(model, tokenizer, item.contexts[0], MEQSUM_MAX_NEW_TOKENS))
+            if log is not None:
+                log.append({"task": task.name, "id": item.id, "prediction": preds[-1], "reference": item.reference})
+        return {"metrics": rouge_scores(preds, [i.reference for i in data.items]), "n": len(preds)}
+    golds, acc, acc_norm, preds = [], [], [], []
+    for item in tqdm(data.items, desc=task.name, unit="row", disable=not progress, leave=False):
+        lls = loglikelihoods(model, tokenizer, item)
+        pred = max(range(len(lls)), key=lambda i: lls[i])
+        normed = [ll / len(choice) for ll, choice in zip(lls, item.choices)]
+        pred_norm = max(range(len(normed)), key=lambda i: normed[i])
+        golds.append(item.gold)
+        preds.append(pred)
+        acc.append(float(pred == item.gold))
+        acc_norm.append(float(pred_norm == item.gold))
+        if log is not None:
+            log.append({"task": task.name, "id": item.id, "loglikelihoods": lls, "prediction": pred,
+                        "prediction_norm": pred_norm, "gold": item.gold, "acc": acc[-1], "acc_norm": acc_norm[-1]})
+    metrics: dict[str, float] = {}
+    if "acc" in task.metrics:
+        metrics.update(acc=sum(acc) / len(acc), acc_stderr=mean_stderr(acc))
+    if "acc_norm" in task.metrics:
+        metrics.update(acc_norm=sum(acc_norm) / len(acc_norm), acc_norm_stderr=mean_stderr(acc_norm))
+    if "macro_f1" in task.metrics:
+        metrics["macro_f1"] = macro_f1(golds, preds, len(data.items[0].choices))
+    if "balanced_acc" in task.metrics:
+        metrics["balanced_acc"] = balanced_accuracy(golds, preds)
+    return {"metrics": metrics, "n": len(acc)}
+
