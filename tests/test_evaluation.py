@@ -133,3 +133,16 @@ def test_eval_cli_writes_results_and_samples(tiny_model_dir, data_dir, tmp_path,
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(rows) == 9 and all(len(r["loglikelihoods"]) == (2 if r["task"] != "pubmedqa" else 3) for r in rows)
     assert "| piqa | 3 | acc_norm |" in capsys.readouterr().out
+
+
+def test_builtin_scores_agree_with_lm_evaluation_harness(data_dir, byte_tokenizer):
+    """The same rows scored by lm-eval's own HFLM wrapper (installed with the dev extra) give the same numbers."""
+    from secateurs.lm_eval_bridge import lm_eval_scorer
+
+    model = tiny_model("qwen2", seed=3)
+    reference = lm_eval_scorer(model, byte_tokenizer)
+    for task in ("piqa", "winogrande", "hellaswag", "pubmedqa"):
+        for item in load_task(task, data_dir, limit=3).items:
+            ours = loglikelihoods(model, byte_tokenizer, item)
+            theirs = reference(model, byte_tokenizer, item)
+            assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-3), (task, item.id)

@@ -32,6 +32,8 @@ def test_prune_exports_smaller_model_that_reloads_identically(tiny_model_dir, da
     assert report["calibration"]["protocol"]["sample_ids"] and report["environment"]["versions"]["torch"]
     assert report["pruned_params"] == ModelAdapter(result.model.model).total_num_params()
     assert "| 3 |" in (out / "report.md").read_text()
+    for figure in ("removed_blocks.png", "ppl_vs_ratio.png"):  # report plots, referenced from report.md
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG" and f"]({figure})" in (out / "report.md").read_text()
     keys = _saved_keys(out)
     for block in result.removed:
         prefix = f"model.layers.{block.layer}.{'self_attn' if block.kind == 'mha' else 'mlp'}."

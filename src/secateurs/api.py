@@ -44,6 +44,7 @@ def evaluate(
     seed: int = 0,
     log_samples: list[dict] | None = None,
     speed: dict[str, int] | None = None,
+    backend: str = "builtin",
 ) -> dict[str, Any]:
     """Evaluate a model (or a model spec, loaded first); returns a JSON-ready result with protocols.
 
@@ -54,6 +55,8 @@ def evaluate(
         raise SecateursError("nothing to evaluate: name a perplexity dataset, a task or --speed")
     if limit is not None and limit < 1:
         raise SecateursError(f"--limit must be at least 1, got {limit}")
+    if backend not in ("builtin", "lm-eval"):
+        raise SecateursError(f"unknown backend '{backend}'; choose builtin or lm-eval")
     task_data = {name: load_task(name, data_dir, limit=limit, sample=sample, seed=seed) for name in tasks}
     if batch_size < 1:
         raise SecateursError(f"batch size must be at least 1, got {batch_size}")
@@ -71,10 +74,16 @@ def evaluate(
         results[spec] = perplexity(model.model, windows, batch_size=batch_size, progress=progress)
         timings[f"ppl_{spec}_s"] = time.perf_counter() - start
     task_results: dict[str, Any] = {}
+    scorer = None
+    if backend == "lm-eval" and task_data:
+        from .lm_eval_bridge import lm_eval_scorer
+
+        scorer = lm_eval_scorer(model.model, model.tokenizer)
     for name, data in task_data.items():
         start = time.perf_counter()
-        task_results[name] = {**run_task(model.model, model.tokenizer, data, progress, log_samples),
-                              "protocol": {**data.protocol, "batching": "choices of one row together; shared context once"}}
+        batching = "lm-eval HFLM" if scorer else "choices of one row together; shared context once"
+        task_results[name] = {**run_task(model.model, model.tokenizer, data, progress, log_samples, scorer),
+                              "protocol": {**data.protocol, "batching": batching, "backend": backend}}
         timings[f"task_{name}_s"] = time.perf_counter() - start
     result: dict[str, Any] = {
         "model": model.source,

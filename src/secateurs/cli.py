@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sample", type=int, help="or a seeded subset of N rows (--seed)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--log-samples", help="write every item's log-likelihoods and prediction to this JSONL file")
+    ev.add_argument("--backend", default="builtin", choices=["builtin", "lm-eval"],
+                    help="score tasks with our evaluator (default) or lm-evaluation-harness's HFLM (optional extra)")
     ev.add_argument("--speed", action="store_true", help="measure prefill and decode tokens/s and peak memory")
     ev.add_argument("--speed-baseline", help="also measure this model (e.g. the dense original) under the same settings")
     ev.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for --speed (default 128)")
@@ -140,6 +142,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         seed=args.seed,
         log_samples=log,
         speed=speed,
+        backend=args.backend,
         seqlen=args.seqlen,
         max_windows=args.max_windows,
         data_dir=args.data_dir,

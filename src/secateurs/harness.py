@@ -52,7 +52,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[f
     device = _device(model)
     pairs = [encode_pair(tokenizer, item.contexts[0], c) for c in item.continuations]
     ctx = pairs[0][0]
-    if any(p[0] != ctx for p in pairs) or not ctx:
+    if any(p[0] != ctx for p in pairs) or not ctx or len(ctx) + max(len(p[1]) for p in pairs) > max_length(model) + 1:
         return _padded(model, tokenizer, item)
     conts = [p[1] for p in pairs]
     out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
@@ -78,11 +78,19 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[f
     return scores
 
 
+def max_length(model: torch.nn.Module) -> int:
+    """Longest input the harness feeds the model; longer inputs lose their first tokens."""
+    return int(getattr(model.config, "max_position_embeddings", None) or 2048)
+
+
 def _padded(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[float]:
-    """Different contexts (WinoGrande): all choices in one right-padded batch."""
+    """Different contexts (WinoGrande) or over-long inputs: all choices in one right-padded batch.
+
+    As the harness, an input longer than the model's maximum length keeps its last tokens.
+    """
     device = _device(model)
     pairs = [encode_pair(tokenizer, c, t) for c, t in zip(item.contexts, item.continuations)]
-    seqs = [ctx + cont for ctx, cont in pairs]
+    seqs = [(ctx + cont)[-(max_length(model) + 1):] for ctx, cont in pairs]
     longest = max(len(s) for s in seqs) - 1
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(seqs), longest), pad, dtype=torch.long, device=device)
@@ -92,9 +100,10 @@ def _padded(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[float]:
         mask[i, :len(s) - 1] = 1
     logprobs = F.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), dim=-1)
     scores = []
-    for i, (ctx, cont) in enumerate(pairs):
+    for i, (seq, (_, cont)) in enumerate(zip(seqs, pairs)):
+        start = len(seq) - 1 - len(cont)  # the continuation is always the last len(cont) tokens
         target = torch.tensor(cont, device=device)
-        scores.append(float(logprobs[i, len(ctx) - 1:len(ctx) - 1 + len(cont)].gather(-1, target.unsqueeze(-1)).sum()))
+        scores.append(float(logprobs[i, start:start + len(cont)].gather(-1, target.unsqueeze(-1)).sum()))
     return scores
 
 
@@ -149,8 +158,11 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
 
 
 def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True,
-             log: list[dict] | None = None) -> dict[str, Any]:
-    """Score every item of a task; the task's metrics with standard errors (and per-item logs)."""
+             log: list[dict] | None = None, scorer=None) -> dict[str, Any]:
+    """Score every item of a task; the task's metrics with standard errors (and per-item logs).
+
+    ``scorer`` replaces :func:`loglikelihoods` (e.g. the lm-evaluation-harness bridge).
+    """
     task = data.task
     model.eval()
     if task.kind == "generation":
@@ -162,7 +174,7 @@ def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True
         return {"metrics": rouge_scores(preds, [i.reference for i in data.items]), "n": len(preds)}
     golds, acc, acc_norm, preds = [], [], [], []
     for item in tqdm(data.items, desc=task.name, unit="row", disable=not progress, leave=False):
-        lls = loglikelihoods(model, tokenizer, item)
+        lls = (scorer or loglikelihoods)(model, tokenizer, item)
         pred = max(range(len(lls)), key=lambda i: lls[i])
         normed = [ll / len(choice) for ll, choice in zip(lls, item.choices)]
         pred_norm = max(range(len(normed)), key=lambda i: normed[i])

@@ -23,6 +23,7 @@ from .methods import StructuredOptions, UnstructuredOptions, get_method
 from .methods.structured import Selection
 from .perplexity import DEFAULT_BATCH_SIZE, perplexity
 from .provenance import environment
+from .plots import plot_structured
 from .report import render_markdown
 from .search import SearchStep
 from .sparsify import sparsify
@@ -173,6 +174,7 @@ def prune(
         with atomic_directory(out, overwrite=overwrite) as tmp:
             report["export"] = save_pruned(adapter, lm.tokenizer, removed, tmp,
                                            {"method": method, "removal_order": report["removal_order"]})
+            report["figures"] = plot_structured(report, tmp)
             write_json_atomic(tmp / "report.json", report)
             write_text_atomic(tmp / "report.md", render_markdown(report))
     else:

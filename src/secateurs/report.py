@@ -96,6 +96,8 @@ def render_structured(report: dict[str, Any]) -> str:
         f"Search cost: {json.dumps(report['search_cost'])}",
         *_footer(report),
     ]
+    for figure in report.get("figures", []):
+        lines += ["", f"![{figure}]({figure})"]
     return "\n".join(lines) + "\n"
 
 

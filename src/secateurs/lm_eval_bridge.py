@@ -1,0 +1,31 @@
+"""Optional bridge to lm-evaluation-harness (``pip install secateurs[lm-eval]``).
+
+Scores our task items with the harness's own in-memory ``HFLM`` wrapper instead of our scorer, to check
+agreement or to use the harness's batching. Nothing else in secateurs imports the harness.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .errors import SecateursError
+from .tasks import Item
+
+Scorer = Callable[[Any, Any, Item], list[float]]
+
+
+def lm_eval_scorer(model: Any, tokenizer: Any, batch_size: int = 1) -> Scorer:
+    """A drop-in replacement for ``harness.loglikelihoods`` backed by lm-eval's ``HFLM``."""
+    try:
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as exc:
+        raise SecateursError("--backend lm-eval needs lm-evaluation-harness: pip install 'secateurs[lm-eval]'") from exc
+    device = str(next(model.parameters()).device)
+    wrapper = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+
+    def score(_model: Any, _tokenizer: Any, item: Item) -> list[float]:
+        requests = [Instance("loglikelihood", {}, (c, t), i) for i, (c, t) in enumerate(zip(item.contexts, item.continuations))]
+        return [ll for ll, _ in wrapper.loglikelihood(requests, disable_tqdm=True)]
+
+    return score

@@ -1,0 +1,54 @@
+"""Report figures (PNG, via matplotlib's non-interactive backend): what was removed, and PPL vs ratio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_structured(report: dict[str, Any], directory: Path) -> list[str]:
+    """removed_blocks.png (layer x kind grid, numbered by step) and ppl_vs_ratio.png; returns file names."""
+    layers = report["export"]["original_num_layers"] if "export" in report else _layers(report)
+    order = {name: i + 1 for i, name in enumerate(report["removal_order"])}
+    fig, ax = plt.subplots(figsize=(max(6, layers * 0.3), 2.2))
+    for row, kind in enumerate(("mha", "mlp")):
+        for layer in range(layers):
+            step = order.get(f"{kind}.{layer}") or order.get(f"layer.{layer}")
+            ax.add_patch(plt.Rectangle((layer, row), 0.95, 0.9, color="tab:red" if step else "0.85"))
+            if step:
+                ax.text(layer + 0.47, row + 0.45, str(step), ha="center", va="center", fontsize=7, color="white")
+    ax.set_xlim(0, layers)
+    every = max(1, layers // 16)
+    ax.set_xticks([i + 0.47 for i in range(0, layers, every)], [str(i) for i in range(0, layers, every)])
+    ax.set_ylim(0, 2)
+    ax.set_yticks([0.45, 1.45], ["MHA", "MLP"])
+    ax.set_xlabel("layer (numbers: removal step)")
+    ax.set_title(f"{report['method']}: removed blocks ({100 * report['ratio']:.2f}% of parameters)")
+    fig.tight_layout()
+    fig.savefig(directory / "removed_blocks.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ratios = [0.0] + [100 * s["ratio"] for s in report["steps"]]
+    ppl = [report["calibration"]["dense_ppl"]] + list(report["calibration"]["ppl_per_step"])
+    ax.plot(ratios, ppl, marker="o", label="calibration")
+    for name, ev in report.get("evaluation", {}).items():
+        ax.plot([0, ratios[-1]], [ev["dense_ppl"], ev["pruned_ppl"]], marker="s", linestyle="--", label=name)
+    ax.set_xlabel("parameter ratio removed (%)")
+    ax.set_ylabel("perplexity")
+    ax.legend()
+    ax.set_title(report["method"])
+    fig.tight_layout()
+    fig.savefig(directory / "ppl_vs_ratio.png", dpi=120)
+    plt.close(fig)
+    return ["removed_blocks.png", "ppl_vs_ratio.png"]
+
+
+def _layers(report: dict[str, Any]) -> int:
+    names = report["removal_order"] + report["removed_blocks"]
+    return 1 + max(int(n.split(".")[1]) for n in names)
