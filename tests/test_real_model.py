@@ -61,3 +61,31 @@ def test_fast_search_matches_naive_on_smollm2(smollm2, data_dir):
     assert [s.score for s in fast] == [s.score for s in naive]
     assert fast_cost.abandoned > 0 and fast_cost.block_window_evals < naive_cost.block_window_evals
     assert adapter.removed_blocks() == []  # the search leaves the model as it was
+
+
+def test_smollm2_task_scores_agree_with_lm_evaluation_harness(smollm2, data_dir):
+    from secateurs.harness import loglikelihoods
+    from secateurs.lm_eval_bridge import lm_eval_scorer
+    from secateurs.tasks import load_task
+
+    reference = lm_eval_scorer(smollm2.model, smollm2.tokenizer)
+    for task in ("piqa", "winogrande", "arc_easy"):
+        for item in load_task(task, data_dir, limit=5).items:
+            ours = loglikelihoods(smollm2.model, smollm2.tokenizer, item)
+            theirs = reference(smollm2.model, smollm2.tokenizer, item)
+            assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-3), (task, item.id)
+            assert max(range(len(ours)), key=ours.__getitem__) == max(range(len(theirs)), key=theirs.__getitem__)
+
+
+def test_wanda_and_sparsegpt_beat_magnitude_on_smollm2(data_dir):
+    from secateurs import load_model, prune
+    from secateurs.methods import UnstructuredOptions
+
+    ppl = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        report = prune(load_model("smollm2-135m"), method=method, unstructured=UnstructuredOptions(sparsity=0.5),
+                       calib="c4", samples=4, seqlen=128, data_dir=data_dir, eval_ppl=["wikitext2"], eval_seqlen=256,
+                       eval_max_windows=2, progress=False).report
+        assert report["sparsity"]["over_pruned_matrices"] == pytest.approx(0.5, abs=1e-3)
+        ppl[method] = report["evaluation"]["wikitext2"]["pruned_ppl"]
+    assert ppl["wanda"] < ppl["magnitude"] / 2 and ppl["sparsegpt"] < ppl["magnitude"] / 2, ppl

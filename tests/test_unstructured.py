@@ -290,3 +290,26 @@ def test_bad_unstructured_input(capsys, tiny_model_dir, data_dir, tmp_path, byte
     assert "has shape (3, 3)" in err and "another model" in err
     (tmp_path / "exists").mkdir()
     assert "already exists" in _err(capsys, *base, "--method", "magnitude", "--sparsity", "0.5", "--out", str(tmp_path / "exists"))
+
+
+def test_sparsity_of_all_parameters_is_converted_to_the_matrices_share():
+    adapter = ModelAdapter(tiny_model("llama"))
+    total, prunable = adapter.total_num_params(), sum(m.weight.numel() for m in prunable_linears(adapter).values())
+    pattern = UnstructuredOptions(sparsity=0.2, sparsity_of="all").pattern(adapter, "row")
+    assert pattern.target == pytest.approx(0.2 * total / prunable)
+    with pytest.raises(SecateursError, match="of all parameters needs more than all"):
+        UnstructuredOptions(sparsity=0.9, sparsity_of="all").pattern(adapter, "row")
+
+
+def test_dpruner_code_variant_uses_the_authors_accumulation():
+    adapter = ModelAdapter(tiny_model("llama", seed=6))
+    general = {name: torch.rand_like(m.weight) for name, m in prunable_linears(adapter).items()}
+    common = dict(lam=0.1, steps=1, batch_size=3, lr=0.05)
+    paper, _ = domain_importance(adapter, _windows(), general, DPrunerOptions(**common), progress=False)
+    code, info = domain_importance(adapter, _windows(), general, DPrunerOptions(variant="code", **common), progress=False)
+    name = next(iter(paper))
+    w = prunable_linears(adapter)[name].weight.detach()
+    assert all(torch.isfinite(v).all() for v in code.values())
+    # |t + t^2/2000 + w^3| is dominated by |w^3| for small gradients: the code variant's S follows |w|^3
+    assert torch.corrcoef(torch.stack([code[name].flatten(), w.abs().pow(3).flatten()]))[0, 1] > 0.9
+    assert not torch.allclose(code[name], paper[name])
