@@ -146,3 +146,12 @@ def test_builtin_scores_agree_with_lm_evaluation_harness(data_dir, byte_tokenize
             ours = loglikelihoods(model, byte_tokenizer, item)
             theirs = reference(model, byte_tokenizer, item)
             assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-3), (task, item.id)
+
+
+def test_legal_suite_reports_the_macro_average(tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "legal.json"
+    assert main(["--quiet", "eval", str(tiny_model_dir), "--data-dir", str(data_dir), "--tasks",
+                 "legalbench:overruling,legalbench:proa", "--limit", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    per_task = [result["tasks"][t]["metrics"]["balanced_acc"] for t in ("legalbench:overruling", "legalbench:proa")]
+    assert result["legalbench_macro_average"]["balanced_acc"] == pytest.approx(sum(per_task) / 2)

@@ -95,6 +95,13 @@ def evaluate(
     average = paper_average(task_results)
     if average is not None:
         result["paper_average"] = average
+    legal = {k: v["metrics"] for k, v in task_results.items() if k.startswith("legalbench:")}
+    if legal:
+        result["legalbench_macro_average"] = {
+            "tasks": sorted(legal),
+            "acc": sum(m["acc"] for m in legal.values()) / len(legal),
+            "balanced_acc": sum(m["balanced_acc"] for m in legal.values()) / len(legal),
+        }
     if speed is not None:
         result["speed"] = measure_speed(model.model, **speed)
     result.update(timings=timings, environment=environment())

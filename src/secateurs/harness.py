@@ -173,8 +173,9 @@ def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True
                 log.append({"task": task.name, "id": item.id, "prediction": preds[-1], "reference": item.reference})
         return {"metrics": rouge_scores(preds, [i.reference for i in data.items]), "n": len(preds)}
     golds, acc, acc_norm, preds = [], [], [], []
+    batched = iter(scorer.score_all(data.items)) if hasattr(scorer, "score_all") else None
     for item in tqdm(data.items, desc=task.name, unit="row", disable=not progress, leave=False):
-        lls = (scorer or loglikelihoods)(model, tokenizer, item)
+        lls = next(batched) if batched is not None else (scorer or loglikelihoods)(model, tokenizer, item)
         pred = max(range(len(lls)), key=lambda i: lls[i])
         normed = [ll / len(choice) for ll, choice in zip(lls, item.choices)]
         pred_norm = max(range(len(normed)), key=lambda i: normed[i])

@@ -24,8 +24,15 @@ def lm_eval_scorer(model: Any, tokenizer: Any, batch_size: int = 1) -> Scorer:
     device = str(next(model.parameters()).device)
     wrapper = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
 
-    def score(_model: Any, _tokenizer: Any, item: Item) -> list[float]:
-        requests = [Instance("loglikelihood", {}, (c, t), i) for i, (c, t) in enumerate(zip(item.contexts, item.continuations))]
-        return [ll for ll, _ in wrapper.loglikelihood(requests, disable_tqdm=True)]
+    def score_all(items: list[Item]) -> list[list[float]]:
+        """Every item's requests in one call, as the harness batches them."""
+        pairs = [(c, t) for item in items for c, t in zip(item.contexts, item.continuations)]
+        requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+        lls = iter(ll for ll, _ in wrapper.loglikelihood(requests, disable_tqdm=True))
+        return [[next(lls) for _ in item.contexts] for item in items]
 
+    def score(_model: Any, _tokenizer: Any, item: Item) -> list[float]:
+        return score_all([item])[0]
+
+    score.score_all = score_all  # type: ignore[attr-defined]
     return score

@@ -121,6 +121,10 @@ def render_results(result: dict[str, Any]) -> str:
     if "paper_average" in result:
         lines.append(f"\npaper average (acc_norm; WinoGrande acc) over {len(result['paper_average']['per_task'])} tasks: "
                      f"{100 * result['paper_average']['average']:.2f}")
+    if "legalbench_macro_average" in result:
+        avg = result["legalbench_macro_average"]
+        lines.append(f"LegalBench macro average over {len(avg['tasks'])} tasks: acc {avg['acc']:.4f}, "
+                     f"balanced acc {avg['balanced_acc']:.4f}")
     for key, label in (("speed", "speed"), ("speed_baseline", "baseline speed")):
         if key in result:
             s = result[key]
