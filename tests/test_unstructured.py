@@ -158,7 +158,7 @@ def test_dpruner_training_restores_the_original_weights_and_penalty_matters():
 
 
 PEAK_SCRIPT = r"""
-import resource, sys, torch
+import re, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from secateurs import ModelAdapter
 from secateurs.data import TokenWindows
@@ -173,8 +173,11 @@ adapter = ModelAdapter(model)
 ids = torch.randint(0, 64, (2, 16))
 targets = sum(m.weight.numel() for m in prunable_linears(adapter).values()) * 4
 general = {n: torch.zeros_like(m.weight) for n, m in prunable_linears(adapter).items()}
+def status(field):  # kB -> bytes; VmHWM is this process's own peak (ru_maxrss would carry the parent's over exec)
+    return int(re.search(field + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 model(input_ids=ids, labels=ids).loss  # warm up allocations
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
+base = status("VmRSS")
 if sys.argv[1] == "ours":
     domain_importance(adapter, TokenWindows(ids, {}), general, DPrunerOptions(steps=0, lam=0.0), progress=False)
 else:  # the plain way: backward, then read every gradient into the scores
@@ -183,7 +186,7 @@ else:  # the plain way: backward, then read every gradient into the scores
     for n, m in prunable_linears(adapter).items():
         t = m.weight.grad * m.weight.detach()
         scores[n] += (t + t.pow(2) / 2).abs()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 print((peak - base) / targets)
 """
 
