@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PubMedQA (200 test rows, seeded sample) of SmolLM2 dense and pruned at 50% by Wanda, SparseGPT and
+# PubMedQA (100 test rows, seeded sample) of SmolLM2 dense and pruned at 50% by Wanda, SparseGPT and
 # D-Pruner (healthcare), with the calibration of benchmarks/unstructured.py. Writes benchmarks/results/pubmedqa/.
 #   bash benchmarks/pubmedqa_pruned.sh ../shared/data
 set -euo pipefail
@@ -9,7 +9,7 @@ OUT=benchmarks/results/pubmedqa
 S=.venv/bin/secateurs
 mkdir -p "$RUNS" "$OUT"
 COMMON=(--calib c4 --samples 16 --seqlen 256 --domain healthcare --eval-seqlen 512 --eval-max-windows 8 --data-dir "$DATA" --overwrite)
-EVAL=(--tasks pubmedqa --sample 200 --seed 0 --data-dir "$DATA" --overwrite)
+EVAL=(--tasks pubmedqa --sample 100 --seed 0 --data-dir "$DATA" --overwrite)
 $S --quiet eval smollm2-135m "${EVAL[@]}" --out "$OUT/dense.json"
 for method in wanda sparsegpt; do
   $S --quiet prune smollm2-135m --method "$method" --sparsity 0.5 "${COMMON[@]}" --out "$RUNS/$method"
