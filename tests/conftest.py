@@ -94,3 +94,14 @@ def tiny_model_dir(tmp_path, byte_tokenizer) -> Path:
     tiny_model("llama").save_pretrained(path)
     byte_tokenizer.save_pretrained(path)
     return path
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the CLI quietly; assert it failed with one clean `error:` line (exit 2) and return that line."""
+    from secateurs.cli import main
+
+    capsys.readouterr()
+    code = main(["--quiet", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+    return err

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import cli_error as _err
 from conftest import tiny_model
 from secateurs.cli import main
 from secateurs.harness import (
@@ -97,12 +98,6 @@ def test_tasks_load_with_the_harness_prompts(data_dir):
     assert meqsum.items[0].reference and "Summary:" in meqsum.items[0].contexts[0]
 
 
-def _err(capsys, *argv):
-    capsys.readouterr()
-    code = main(["--quiet", *argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_bad_evaluation_input(capsys, tiny_model_dir, data_dir, tmp_path):

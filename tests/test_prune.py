@@ -5,6 +5,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from conftest import cli_error as _err
 from conftest import tiny_model, FAMILIES
 from secateurs import Block, ModelAdapter, SecateursError, load_pruned, prune
 from secateurs.cli import main
@@ -138,12 +139,6 @@ def test_parameter_ratio_matches_the_paper(shape, removed, expected):
     assert round(ratio, 4 if expected < 5 else 2) == expected
 
 
-def _err(capsys, *argv):
-    capsys.readouterr()
-    code = main(["--quiet", *argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_bad_prune_input(capsys, tiny_model_dir, data_dir, tmp_path):

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from conftest import cli_error as _err
 from conftest import tiny_model
 from secateurs import ModelAdapter, SecateursError, prune
 from secateurs.cli import main
@@ -263,12 +264,6 @@ def test_dpruner_end_to_end_and_general_importance_reuse(tiny_model_dir, data_di
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))  # same G -> same masks
 
 
-def _err(capsys, *argv):
-    capsys.readouterr()
-    code = main(["--quiet", *argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_bad_unstructured_input(capsys, tiny_model_dir, data_dir, tmp_path, byte_tokenizer):
