@@ -98,19 +98,7 @@ def prune(
             raise SecateursError(f"{method} is unstructured: say --sparsity S or --nm N:M")
         if domain is not None:
             domain_sets(domain)  # fail on an unknown domain before loading anything
-        if out is not None:
-            check_output_path(out, overwrite)
-        start = time.perf_counter()
-        lm = load_model(model, dtype=dtype, device=device) if isinstance(model, str) else model
-        report = sparsify(lm, chosen, method, unstructured, calib=calib, samples=samples, seqlen=seqlen, seed=seed,
-                          domain=domain, domain_data=domain_data, domain_samples=domain_samples, eval_ppl=eval_ppl,
-                          eval_seqlen=eval_seqlen, eval_max_windows=eval_max_windows, data_dir=data_dir,
-                          text_field=text_field, batch_size=batch_size, out=out, overwrite=overwrite,
-                          progress=progress, command=command, timings={"load_s": time.perf_counter() - start},
-                          peak_memory=_peak_memory_mb)
-        return PruneResult(lm, [], report)
-    calib = calib or "alpaca"
-    if from_report is None:
+    elif from_report is None:
         options = StructuredOptions(blocks, ratio, block_type, unit, naive, batch_size)
     if out is not None:
         check_output_path(out, overwrite)
@@ -118,6 +106,14 @@ def prune(
     start = time.perf_counter()
     lm = load_model(model, dtype=dtype, device=device) if isinstance(model, str) else model
     timings["load_s"] = time.perf_counter() - start
+    if chosen.kind == "unstructured":
+        report = sparsify(lm, chosen, method, unstructured, calib=calib, samples=samples, seqlen=seqlen, seed=seed,
+                          domain=domain, domain_data=domain_data, domain_samples=domain_samples, eval_ppl=eval_ppl,
+                          eval_seqlen=eval_seqlen, eval_max_windows=eval_max_windows, data_dir=data_dir,
+                          text_field=text_field, batch_size=batch_size, out=out, overwrite=overwrite,
+                          progress=progress, command=command, timings=timings, peak_memory=_peak_memory_mb)
+        return PruneResult(lm, [], report)
+    calib = calib or "alpaca"
     adapter = ModelAdapter(lm.model)
     dense_params = adapter.total_num_params()
 

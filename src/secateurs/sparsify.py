@@ -62,10 +62,9 @@ def sparsify(
         domain_calib, domain_eval = domain_sets(domain)
     if domain_data is not None:
         domain_calib = domain_data
-    needs_domain = method_name == "dpruner"
-    if needs_domain and domain is None and domain_data is None:
-        raise SecateursError("dpruner needs domain data: --domain healthcare|legal or --domain-data FILE")
-    if needs_domain:
+    if method.uses_domain_data and domain is None and domain_data is None:
+        raise SecateursError(f"{method_name} needs domain data: --domain healthcare|legal or --domain-data FILE")
+    if method.uses_domain_data:
         data.domain = calibration_windows(domain_calib, lm.tokenizer, seqlen, data_dir=data_dir,
                                           samples=domain_samples, seed=seed, text_field=text_field)
     timings["calibration_data_s"] = time.perf_counter() - start

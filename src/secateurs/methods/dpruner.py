@@ -259,6 +259,7 @@ class DPruner(UnstructuredMethod):
     """D-Pruner: dual (general + domain) importance, Taylor scores under an importance-regularised loss."""
 
     default_group = "blocks:32"
+    uses_domain_data = True
     score_name = "|g' w + (g' w)^2 / 2| under L_ntp + lambda sum G (w' - w)^2"
 
     def apply(self, adapter, data, options, progress=True):

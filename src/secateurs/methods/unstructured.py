@@ -102,7 +102,8 @@ class UnstructuredMethod:
 
     kind: ClassVar[str] = "unstructured"
     default_group: ClassVar[str] = "row"
-    uses_calibration: ClassVar[bool] = True
+    uses_calibration: ClassVar[bool] = True  # general calibration windows
+    uses_domain_data: ClassVar[bool] = False  # domain calibration windows (D-Pruner)
     score_name: ClassVar[str] = ""
 
     def collectors(self, linear: nn.Linear) -> dict[str, Collector]:
