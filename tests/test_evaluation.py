@@ -67,6 +67,7 @@ def test_acc_norm_divides_by_characters(byte_tokenizer, monkeypatch):
     res = run_task(tiny_model("llama"), byte_tokenizer, TaskData(task, [item]), progress=False)
     # acc picks choice 0 (-2 > -4); acc_norm compares -2/1 with -4/4 = -1 and picks choice 1
     assert res["metrics"]["acc"] == 0.0 and res["metrics"]["acc_norm"] == 1.0
+    assert res["predicted"] == [1, 0]  # how often each choice was the (unnormalised) prediction
 
 
 def test_metrics_on_known_values():

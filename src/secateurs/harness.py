@@ -195,5 +195,7 @@ def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True
         metrics["macro_f1"] = macro_f1(golds, preds, len(data.items[0].choices))
     if "balanced_acc" in task.metrics:
         metrics["balanced_acc"] = balanced_accuracy(golds, preds)
-    return {"metrics": metrics, "n": len(acc)}
+    # How often each choice was picked: shows a model that collapsed onto one answer (e.g. always "yes").
+    predicted = [preds.count(i) for i in range(max(len(item.choices) for item in data.items))]
+    return {"metrics": metrics, "n": len(acc), "predicted": predicted}
 
