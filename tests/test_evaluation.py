@@ -99,8 +99,6 @@ def test_tasks_load_with_the_harness_prompts(data_dir):
     assert meqsum.items[0].reference and "Summary:" in meqsum.items[0].contexts[0]
 
 
-
-
 def test_bad_evaluation_input(capsys, tiny_model_dir, data_dir, tmp_path):
     base = ["eval", str(tiny_model_dir), "--data-dir", str(data_dir)]
     err = _err(capsys, *base, "--tasks", "jeopardy")

@@ -8,7 +8,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from conftest import cli_error as _err
 from conftest import tiny_model, FAMILIES
 from secateurs import Block, ModelAdapter, SecateursError, load_pruned, prune
-from secateurs.cli import main
 from secateurs.export import save_pruned
 from secateurs.search import removal_ratio
 
@@ -137,8 +136,6 @@ def test_parameter_ratio_matches_the_paper(shape, removed, expected):
     blocks = [Block("mha", i) for i in range(removed[0])] + [Block("mlp", i) for i in range(removed[1])]
     ratio = 100 * removal_ratio(adapter, blocks, adapter.total_num_params())
     assert round(ratio, 4 if expected < 5 else 2) == expected
-
-
 
 
 def test_bad_prune_input(capsys, tiny_model_dir, data_dir, tmp_path):

@@ -264,8 +264,6 @@ def test_dpruner_end_to_end_and_general_importance_reuse(tiny_model_dir, data_di
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))  # same G -> same masks
 
 
-
-
 def test_bad_unstructured_input(capsys, tiny_model_dir, data_dir, tmp_path, byte_tokenizer):
     base = ["prune", str(tiny_model_dir), "--data-dir", str(data_dir), "--seqlen", "32", "--samples", "5"]
     assert "--sparsity must be in (0, 1)" in _err(capsys, *base, "--method", "wanda", "--sparsity", "1.5")

@@ -27,6 +27,15 @@ def paper_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
             "metrics": {name: TASKS[name].paper_metric for name in PAPER_TASKS}}
 
 
+def legalbench_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
+    """Macro average of acc and balanced acc over the LegalBench tasks that were run."""
+    legal = {name: res["metrics"] for name, res in tasks.items() if name.startswith("legalbench:")}
+    if not legal:
+        return None
+    return {"tasks": sorted(legal), **{key: sum(m[key] for m in legal.values()) / len(legal)
+                                       for key in ("acc", "balanced_acc")}}
+
+
 def evaluate(
     model: LoadedModel | str,
     ppl: Sequence[str] = ("wikitext2",),
@@ -95,13 +104,9 @@ def evaluate(
     average = paper_average(task_results)
     if average is not None:
         result["paper_average"] = average
-    legal = {k: v["metrics"] for k, v in task_results.items() if k.startswith("legalbench:")}
-    if legal:
-        result["legalbench_macro_average"] = {
-            "tasks": sorted(legal),
-            "acc": sum(m["acc"] for m in legal.values()) / len(legal),
-            "balanced_acc": sum(m["balanced_acc"] for m in legal.values()) / len(legal),
-        }
+    legal = legalbench_average(task_results)
+    if legal is not None:
+        result["legalbench_macro_average"] = legal
     if speed is not None:
         result["speed"] = measure_speed(model.model, **speed)
     result.update(timings=timings, environment=environment())
