@@ -45,26 +45,6 @@ def test_prune_exports_smaller_model_that_reloads_identically(tiny_model_dir, da
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_kv_cache_generation_after_removing_attention_including_layer_0(family, byte_tokenizer, tmp_path):
-    adapter = ModelAdapter(tiny_model(family))
-    save_pruned(adapter, byte_tokenizer, [Block("mha", 0), Block("mha", 2), Block("mlp", 1)], tmp_path / "m", {})
-    model = load_pruned(tmp_path / "m").model
-    prompt = _ids(length=30)
-    with torch.no_grad():
-        full = model(torch.cat([prompt, _ids(length=10, seed=1)], 1), use_cache=False).logits
-        out = model(prompt, use_cache=True)
-        cache, steps = out.past_key_values, [out.logits]
-        for t in range(10):
-            o = model(_ids(length=10, seed=1)[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = o.past_key_values
-            steps.append(o.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
-    with_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
-    without = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)
-    assert torch.equal(with_cache, without)
-
-
 def test_whole_layers_export_is_a_plain_checkpoint(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "fewer-layers"
     result = prune(str(tiny_model_dir), method="layer-search", blocks=1, data_dir=data_dir, out=out, **COMMON)
@@ -176,3 +156,21 @@ def test_calibration_ppl_per_step_is_that_of_the_nested_set(method, tiny_model_d
         with adapter.skipped([Block.parse(n) for n in step["removed"]]):
             expected = perplexity(model, windows, batch_size=4, progress=False)["ppl"]
         assert ppl == pytest.approx(expected, rel=1e-9), step["removed"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_modes_the_umask_gives(tiny_model_dir, data_dir, tmp_path, umask):
+    """Written atomically, yet readable as any plain write would be (not mkdtemp's private 0700 / 0600)."""
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        out = tmp_path / "pruned"
+        prune(str(tiny_model_dir), blocks=1, data_dir=data_dir, out=out, **COMMON)
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes.pop(".") == 0o777 & ~umask
+    assert {"report.json", "report.md", "model.safetensors", "config.json", "ppl_vs_ratio.png"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask}, modes

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Literal
 import torch
 from torch import nn
 
+from .compat import find_cache
 from .errors import SecateursError
 
 BlockKind = Literal["mha", "mlp"]
@@ -82,21 +83,33 @@ SUPPORTED_FAMILIES: dict[str, LayerLayout] = {
 class SkippedAttention(nn.Module):
     """Stands in for a removed attention block: its branch contributes nothing to the residual.
 
-    With a KV cache, it still appends a placeholder (one head of width 1) to its cache slot, so the
-    cache length that transformers reads positions from (layer 0's, by default) stays right even
-    when layer 0's attention is gone, and every layer keeps its index and cache type (sliding or full).
+    With a KV cache, it still appends a placeholder to its cache slot, so the cache length that
+    transformers reads positions from (layer 0's, by default) stays right even when layer 0's attention
+    is gone, and every layer keeps its index and cache type (full, sliding window, static). The cache
+    is found by its type among the call's arguments, whatever transformers calls the argument. The
+    placeholder is one head of width 1, or the slot's own shape if the cache was allocated in advance.
     """
 
     def __init__(self, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
 
-    def forward(self, hidden_states: torch.Tensor, *args, past_key_values=None, **kwargs) -> tuple[torch.Tensor, None]:
-        if past_key_values is not None:
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+        cache = find_cache(args, kwargs)
+        if cache is not None:
             batch, length = hidden_states.shape[:2]
-            placeholder = hidden_states.new_zeros(batch, 1, length, 1)
-            past_key_values.update(placeholder, placeholder, self.layer_idx)
+            heads, width = self._slot_shape(cache)
+            placeholder = hidden_states.new_zeros(batch, heads, length, width)
+            cache.update(placeholder, placeholder, self.layer_idx)
         return torch.zeros_like(hidden_states), None
+
+    def _slot_shape(self, cache) -> tuple[int, int]:
+        layers = getattr(cache, "layers", [])
+        slot = layers[self.layer_idx] if self.layer_idx < len(layers) else None
+        keys = getattr(slot, "keys", None) if getattr(slot, "is_initialized", False) else None
+        if isinstance(keys, torch.Tensor) and keys.dim() == 4:
+            return keys.shape[1], keys.shape[-1]
+        return 1, 1
 
 
 class SkippedMLP(nn.Module):

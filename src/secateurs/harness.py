@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .compat import cache_keyword, output_cache
 from .tasks import MEQSUM_MAX_NEW_TOKENS, Item
 
 
@@ -57,7 +58,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[f
     conts = [p[1] for p in pairs]
     out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     k, longest = len(conts), max(len(c) for c in conts)
     scores = [float(first[c[0]]) for c in conts]
     if longest > 1:
@@ -69,7 +70,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[f
         for i, c in enumerate(conts):
             ids[i, :len(c) - 1] = torch.tensor(c[:-1])
             mask[i, len(ctx):len(ctx) + len(c) - 1] = 1
-        logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits.float()
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_keyword(model): cache}).logits.float()
         logprobs = F.log_softmax(logits, dim=-1)
         for i, c in enumerate(conts):
             if len(c) > 1:

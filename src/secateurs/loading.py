@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .adapter import Block, ModelAdapter
+from .compat import warn_if_untested
 from .errors import SecateursError
 from .export import CONFIG_KEY
 from .io import atomic_directory, sha256_file
@@ -162,6 +163,7 @@ def load_pruned(path: str | os.PathLike, dtype: str = "auto", device: str = "aut
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """Load ``spec``: a built-in alias, a ``.gguf`` file, a local directory or an ``org/name`` hub id."""
+    warn_if_untested()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     source: dict[str, Any] = {"spec": spec}
