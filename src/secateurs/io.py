@@ -25,12 +25,30 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _public_mode(path: Path, directory: bool) -> None:
+    """Give a file or directory the mode a plain ``open`` / ``mkdir`` would have under the umask.
+
+    ``mkstemp`` / ``mkdtemp`` (and some libraries' writers) create them private (0600 / 0700), and a
+    rename keeps the mode, so without this a serving process running as another user could not read
+    what we wrote.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _public_mode(Path(tmp), directory=False)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -66,6 +84,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        # Some writers (safetensors among them) create files private; give everything plain modes.
+        for entry in [tmp, *tmp.rglob("*")]:
+            _public_mode(entry, directory=entry.is_dir())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
