@@ -82,3 +82,49 @@ def test_data_and_methods_commands(capsys, data_dir):
     assert "[ok] wikitext2:test (default)" in out and "[ok] legalbench:train (default)" in out
     code, out, _ = run(capsys, "methods")
     assert code == 0 and out.strip()
+
+
+def test_prune_prints_dense_vs_pruned_table_with_speed(capsys, tiny_model_dir, data_dir, tmp_path):
+    out = tmp_path / "bp"
+    code, stdout, _ = run(capsys, "prune", str(tiny_model_dir), "--blocks", "2", "--samples", "8", "--seqlen", "32",
+                          "--eval-max-windows", "2", "--speed", "--data-dir", str(data_dir), "--out", str(out))
+    assert code == 0, stdout
+    lines = stdout.splitlines()
+
+    def row(label):
+        found = [line for line in lines if line.startswith(label)]
+        assert len(found) == 1, (label, stdout)
+        return found[0].split()[-2:]
+
+    for label in ("calibration PPL (alpaca)", "wikitext2 PPL (2 x 32 tokens)", "decode tokens/s (batch 1"):
+        assert all(float(v.replace(",", "")) > 0 for v in row(label))
+    report = json.loads((out / "report.json").read_text())
+    dense, pruned = report["speed"]["dense"], report["speed"]["pruned"]
+    assert pruned["params"] == report["pruned_params"] < dense["params"] == report["dense_params"]
+    assert dense["decode_tokens_per_s"] > 0 and pruned["decode_tokens_per_s"] > 0
+    assert row("parameters") == [f"{report['dense_params']:,}", f"{report['pruned_params']:,}"]
+    assert f"wrote {out}" in stdout and "Decode speed" in (out / "report.md").read_text()
+
+
+def test_prune_speed_is_refused_for_unstructured_methods(capsys, tiny_model_dir, data_dir):
+    code, _, err = run(capsys, "prune", str(tiny_model_dir), "--method", "wanda", "--sparsity", "0.5", "--speed",
+                       "--data-dir", str(data_dir))
+    assert_one_line_error(code, err, "--speed", "wanda")
+
+
+def test_untested_transformers_gives_one_warning_line(monkeypatch, caplog, tiny_model_dir):
+    import transformers
+
+    from secateurs import compat, load_model
+
+    monkeypatch.setattr(transformers, "__version__", "9.1.0")
+    compat.warn_if_untested.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            load_model(str(tiny_model_dir))
+            load_model(str(tiny_model_dir))
+    finally:
+        compat.warn_if_untested.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if "outside the range" in r.getMessage()]
+    assert warnings == ["warning: transformers 9.1.0 is outside the range secateurs was tested with "
+                        "(5.23.x to 5.24.x); results may differ"]

@@ -12,7 +12,7 @@ from . import __version__
 from .api import PAPER_SEQLEN, describe_data, evaluate
 from .errors import SecateursError
 from .io import check_output_path, write_json_atomic, write_text_atomic
-from .report import render_results
+from .report import render_comparison, render_results
 from .tasks import SUITES, task_names
 from .methods import list_methods
 from .perplexity import DEFAULT_BATCH_SIZE
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-ppl", type=_comma_list, default=["wikitext2"], help="perplexity after pruning (dense vs pruned)")
     pr.add_argument("--eval-seqlen", type=int, help="window length for --eval-ppl (default: --seqlen)")
     pr.add_argument("--eval-max-windows", type=int, default=8, help="windows for --eval-ppl (default 8)")
+    pr.add_argument("--speed", action="store_true", help="also measure decode tokens/s, dense vs pruned (structured methods)")
     pr.add_argument("--out", help="write the pruned model, report.json and report.md to this directory")
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_model_options(pr)
@@ -194,7 +195,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         text_field=args.text_field, out=args.out, overwrite=args.overwrite, dtype=args.dtype,
         device=args.device, progress=not args.quiet, command=["secateurs", *args.argv],
         unstructured=unstructured, domain=args.domain, domain_data=args.domain_data,
-        domain_samples=args.domain_samples,
+        domain_samples=args.domain_samples, speed=args.speed,
     )
     report = result.report
     if unstructured is not None:
@@ -203,10 +204,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
             print(f"wrote {args.out} (model, report.json, report.md)")
         return
     print(f"{args.method}: removed {', '.join(report['removal_order'])} (in this order)")
-    print(f"parameters {report['dense_params']:,} -> {report['pruned_params']:,} (ratio {100 * report['ratio']:.2f}%)")
-    print(f"calibration PPL {report['calibration']['dense_ppl']:.3f} -> {report['calibration']['ppl_per_step'][-1]:.3f}")
-    for name, ev in report["evaluation"].items():
-        print(f"{name} PPL {ev['dense_ppl']:.3f} -> {ev['pruned_ppl']:.3f}")
+    print(render_comparison(report))
     if args.out:
         print(f"wrote {args.out} (model, report.json, report.md)")
 

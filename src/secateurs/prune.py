@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,11 @@ from .provenance import environment
 from .plots import plot_structured
 from .report import render_markdown
 from .search import SearchStep
+from .speed import compare_speed
 from .sparsify import sparsify
+
+
+SPEED_REPEATS = 5  # interleaved dense/pruned rounds: differences of a few % need more than 3
 
 
 @dataclass
@@ -86,14 +91,19 @@ def prune(
     domain: str | None = None,
     domain_data: str | None = None,
     domain_samples: int | None = 64,
+    speed: bool = False,
 ) -> PruneResult:
     """Prune ``model``; optionally export it with its report to ``out``.
 
     Structured methods remove blocks (``blocks`` / ``ratio``); unstructured ones zero weights
     (``unstructured`` options: sparsity or N:M; D-Pruner also uses ``domain`` / ``domain_data``).
+    ``speed`` also measures decode tokens/s of the dense and the pruned model (structured methods).
     """
     chosen = get_method(method)
     if chosen.kind == "unstructured":
+        if speed:
+            raise SecateursError(f"{method} zeros weights, which dense kernels run no faster: drop --speed "
+                                 "(secateurs eval DIR --speed measures any model)")
         if unstructured is None:
             raise SecateursError(f"{method} is unstructured: say --sparsity S or --nm N:M")
         if domain is not None:
@@ -145,6 +155,12 @@ def prune(
             pruned = perplexity(lm.model, ev_windows, batch_size=batch_size, progress=progress)
         evaluation[spec] = {"dense_ppl": dense["ppl"], "pruned_ppl": pruned["ppl"], "protocol": pruned["protocol"]}
     timings["evaluation_s"] = time.perf_counter() - start
+    speeds = None
+    if speed:
+        start = time.perf_counter()
+        speeds = compare_speed(lm.model, {"dense": contextlib.nullcontext,
+                                          "pruned": lambda: adapter.skipped(removed)}, repeats=SPEED_REPEATS)
+        timings["speed_s"] = time.perf_counter() - start
 
     report = {
         "kind": "structured",
@@ -159,6 +175,7 @@ def prune(
         "steps": [asdict(s) for s in selection.steps],
         "calibration": {"dense_ppl": dense_calib, "ppl_per_step": calib_ppl, "protocol": windows.protocol},
         "evaluation": evaluation,
+        "speed": speeds,
         "search_cost": selection.cost,
         "timings": timings,
         "peak_memory": _peak_memory_mb(),

@@ -88,6 +88,12 @@ def render_structured(report: dict[str, Any]) -> str:
         for name, ev in report["evaluation"].items():
             p = ev["protocol"]
             lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {_fmt(ev['dense_ppl'])} | {_fmt(ev['pruned_ppl'])} |")
+    if report.get("speed"):
+        dense, pruned = report["speed"]["dense"], report["speed"]["pruned"]
+        lines += ["", f"Decode speed (batch {dense['batch_size']}, {dense['prompt_tokens']}-token prompt, "
+                      f"{dense['decode_tokens']} tokens, median of {dense['repeats']}, {dense['device']}, "
+                      f"{dense['threads']} threads): {dense['decode_tokens_per_s']:.1f} -> "
+                      f"{pruned['decode_tokens_per_s']:.1f} tokens/s."]
     lines += [
         "",
         f"Calibration: {proto['dataset']} ({proto['split']}), {proto['documents']} documents "
@@ -99,6 +105,30 @@ def render_structured(report: dict[str, Any]) -> str:
     for figure in report.get("figures", []):
         lines += ["", f"![{figure}]({figure})"]
     return "\n".join(lines) + "\n"
+
+
+def comparison_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Dense vs pruned of a structured report: parameters, calibration and evaluation PPL, decode speed."""
+    calib = report["calibration"]
+    rows = [("parameters", f"{report['dense_params']:,}", f"{report['pruned_params']:,}"),
+            (f"calibration PPL ({calib['protocol']['dataset']})", _fmt(calib["dense_ppl"]), _fmt(calib["ppl_per_step"][-1]))]
+    for name, ev in report["evaluation"].items():
+        p = ev["protocol"]
+        rows.append((f"{name} PPL ({p['windows']} x {p['seqlen']} tokens)", _fmt(ev["dense_ppl"]), _fmt(ev["pruned_ppl"])))
+    if report.get("speed"):
+        dense, pruned = report["speed"]["dense"], report["speed"]["pruned"]
+        rows.append((f"decode tokens/s (batch {dense['batch_size']}, {dense['threads']} threads)",
+                     f"{dense['decode_tokens_per_s']:.1f}", f"{pruned['decode_tokens_per_s']:.1f}"))
+    return rows
+
+
+def render_comparison(report: dict[str, Any]) -> str:
+    """The dense-vs-pruned table printed at the end of ``secateurs prune`` (structured methods)."""
+    rows = [("", "dense", "pruned"), *comparison_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+    lines.append(f"ratio removed: {100 * report['ratio']:.2f}% of all parameters")
+    return "\n".join(lines)
 
 
 def render_results(result: dict[str, Any]) -> str:
