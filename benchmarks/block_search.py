@@ -11,15 +11,14 @@ prefix cache only (early abandon saves more, but how much depends on the data).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from secateurs import ModelAdapter, load_model
-from secateurs.data import calibration_windows
-from secateurs.io import write_json_atomic
-from secateurs.provenance import environment
-from secateurs.search import VariantEvaluator, block_units, greedy_search
+from secateurs.data import token_windows
+from secateurs.files import write_json_atomic
+from secateurs.reporting.provenance import environment
+from secateurs.structured.search import VariantEvaluator, block_units, greedy_search
 
 PAPER_SHAPES = {
     # name: (hidden, intermediate, layers, vocab, K from the paper's tables)
@@ -59,7 +58,7 @@ def analytic_cost(hidden: int, intermediate: int, layers: int, vocab: int, k: in
 def measured(model: str, data_dir: str | None, k: int, samples: int, seqlen: int, windows: int, batch: int) -> dict:
     lm = load_model(model)
     adapter = ModelAdapter(lm.model)
-    calib = calibration_windows("alpaca", lm.tokenizer, seqlen, data_dir=data_dir, samples=samples, max_windows=windows)
+    calib = token_windows("alpaca", lm.tokenizer, seqlen, data_dir=data_dir, samples=samples, max_windows=windows)
     runs = {}
     for mode in ("naive", "fast"):
         evaluator = VariantEvaluator(adapter, calib, batch_size=batch, fast=mode == "fast")

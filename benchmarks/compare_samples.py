@@ -10,7 +10,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from secateurs.io import write_json_atomic
+from secateurs.files import write_json_atomic
 
 
 def main() -> None:

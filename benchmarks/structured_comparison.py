@@ -13,10 +13,9 @@ import argparse
 import time
 from pathlib import Path
 
-from secateurs import load_model
-from secateurs.io import write_json_atomic
-from secateurs.provenance import environment
-from secateurs.prune import prune
+from secateurs import DataSpec, EvalSpec, load_model, prune
+from secateurs.files import write_json_atomic
+from secateurs.reporting.provenance import environment
 
 BASELINES = [
     ("shortgpt", {"unit": "layer"}),
@@ -39,14 +38,14 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/structured_comparison.json")
     args = parser.parse_args()
 
-    common = dict(calib="alpaca", samples=args.samples, seqlen=args.seqlen, data_dir=args.data_dir,
-                  eval_ppl=["wikitext2"], eval_seqlen=args.eval_seqlen, eval_max_windows=args.eval_max_windows)
+    data = DataSpec(calib="alpaca", samples=args.samples, seqlen=args.seqlen, data_dir=args.data_dir)
+    evaluation = EvalSpec(ppl=["wikitext2"], seqlen=args.eval_seqlen, max_windows=args.eval_max_windows)
     rows = []
 
     def run(method: str, **options) -> dict:
         lm = load_model(args.model)  # a fresh dense model each time: prune() removes blocks in place
         start = time.perf_counter()
-        report = prune(lm, method=method, **common, **options).report
+        report = prune(lm, method, options, data, evaluation).report
         row = {
             "method": method if "unit" not in options else f"{method} ({options['unit']})",
             "ratio": report["ratio"], "removed": report["removal_order"],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from secateurs.io import write_json_atomic
+from secateurs.files import write_json_atomic
 
 LABELS = ("yes", "no", "maybe")
 

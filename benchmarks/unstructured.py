@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from secateurs.io import write_json_atomic
-from secateurs.provenance import environment
+from secateurs.files import write_json_atomic
+from secateurs.reporting.provenance import environment
 
 METHODS = ["magnitude", "wanda", "sparsegpt", "dpruner"]
 
@@ -27,17 +27,16 @@ def run_one(args: argparse.Namespace, method: str, pattern: str) -> dict:
     """One pruning run in a child process; returns the report's numbers."""
     code = f"""
 import json, resource, sys, time
-from secateurs import prune
-from secateurs.methods import DPrunerOptions, UnstructuredOptions
-from secateurs.masks import parse_nm
+from secateurs import DataSpec, EvalSpec, prune
+from secateurs.unstructured.masks import parse_nm
 pattern = {pattern!r}
-options = UnstructuredOptions(sparsity=None if ":" in pattern else float(pattern),
-                              nm=parse_nm(pattern) if ":" in pattern else None,
-                              extra={{"dpruner": DPrunerOptions(steps={args.dpruner_steps}, batch_size={args.dpruner_batch_size})}})
-report = prune({args.model!r}, method={method!r}, unstructured=options, calib="c4", samples={args.samples},
-               seqlen={args.seqlen}, domain={args.domain!r}, domain_samples={args.domain_samples},
-               data_dir={args.data_dir!r}, eval_ppl=["wikitext2"], eval_seqlen={args.eval_seqlen},
-               eval_max_windows={args.eval_max_windows}, progress=False).report
+options = {{"nm": parse_nm(pattern)}} if ":" in pattern else {{"sparsity": float(pattern)}}
+if {method!r} == "dpruner":
+    options.update(steps={args.dpruner_steps}, update_batch_size={args.dpruner_batch_size})
+data = DataSpec(calib="c4", samples={args.samples}, seqlen={args.seqlen}, domain={args.domain!r},
+                domain_samples={args.domain_samples}, data_dir={args.data_dir!r})
+evaluation = EvalSpec(ppl=["wikitext2"], seqlen={args.eval_seqlen}, max_windows={args.eval_max_windows})
+report = prune({args.model!r}, {method!r}, options, data, evaluation, progress=False).report
 report.pop("environment")
 print("RESULT " + json.dumps(report))
 """
@@ -66,23 +65,22 @@ def importance_cost(args: argparse.Namespace) -> dict:
     import torch
 
     from secateurs import ModelAdapter, load_model
-    from secateurs.data import calibration_windows, domain_sets
-    from secateurs.methods import DPrunerOptions
-    from secateurs.methods.dpruner import domain_importance
-    from secateurs.methods.unstructured import prunable_linears
+    from secateurs.data import token_windows, domain_sets
+    from secateurs import DPrunerOptions
+    from secateurs.unstructured.dpruner import domain_importance
 
     lm = load_model(args.model)
     adapter = ModelAdapter(lm.model)
-    windows = calibration_windows(domain_sets(args.domain)[0], lm.tokenizer, args.seqlen, data_dir=args.data_dir,
-                                  samples=args.domain_samples, max_windows=args.dpruner_batch_size * 2)
-    general = {n: torch.zeros_like(m.weight) for n, m in prunable_linears(adapter).items()}
+    windows = token_windows(domain_sets(args.domain)[0], lm.tokenizer, args.seqlen, data_dir=args.data_dir,
+                            samples=args.domain_samples, max_windows=args.dpruner_batch_size * 2)
+    general = {n: torch.zeros_like(m.weight) for n, m in adapter.prunable_linears().items()}
     start = time.perf_counter()
     for ids in windows.input_ids.split(args.dpruner_batch_size):
         lm.model(input_ids=ids, labels=ids).loss.backward()
         lm.model.zero_grad(set_to_none=True)
     plain = time.perf_counter() - start
     start = time.perf_counter()
-    domain_importance(adapter, windows, general, DPrunerOptions(steps=0, batch_size=args.dpruner_batch_size), progress=False)
+    domain_importance(adapter, windows, general, DPrunerOptions(sparsity=0.5, steps=0, update_batch_size=args.dpruner_batch_size), progress=False)
     ours = time.perf_counter() - start
     return {"windows": len(windows), "seqlen": windows.seqlen, "plain_forward_backward_s": plain,
             "one_pass_importance_s": ours, "ratio": ours / plain}

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from secateurs import SecateursError, calibration_windows, load_documents, make_windows
+from secateurs import SecateursError, token_windows, load_documents, make_windows
 from secateurs.data import NAMED_SETS, DocumentSet, Document, token_sha256
 
 
@@ -107,5 +107,5 @@ def test_local_files(tmp_path, byte_tokenizer):
     bad.write_text('{"text": "ok"}\n{"text": broken\n')
     with pytest.raises(SecateursError, match=r"bad.jsonl:2: malformed JSON"):
         load_documents(str(bad))
-    windows = calibration_windows(str(txt), byte_tokenizer, seqlen=8)
+    windows = token_windows(str(txt), byte_tokenizer, seqlen=8)
     assert windows.protocol["dataset"] == str(txt) and len(windows) == 2

@@ -7,17 +7,9 @@ import torch.nn.functional as F
 from conftest import cli_error as _err
 from conftest import tiny_model
 from secateurs.cli import main
-from secateurs.harness import (
-    balanced_accuracy,
-    encode_pair,
-    loglikelihoods,
-    loglikelihoods_unbatched,
-    macro_f1,
-    mean_stderr,
-    rouge_scores,
-    run_task,
-)
-from secateurs.tasks import Item, Task, TaskData, load_task, winogrande_item
+from secateurs.evaluation.metrics import balanced_accuracy, macro_f1, mean_stderr, rouge_scores
+from secateurs.evaluation.scoring import encode_pair, loglikelihoods, loglikelihoods_unbatched, run_task
+from secateurs.evaluation.tasks import Item, Task, TaskData, load_task, winogrande_item
 
 
 def _direct(model, tokenizer, context, continuation):
@@ -60,9 +52,9 @@ def test_trailing_context_space_moves_to_the_continuation(byte_tokenizer):
 
 
 def test_acc_norm_divides_by_characters(byte_tokenizer, monkeypatch):
-    import secateurs.harness as harness
+    import secateurs.evaluation.scoring as scoring
     item = Item("0", 1, ["q"] * 2, [" a", " bbbb"], ["a", "bbbb"])
-    monkeypatch.setattr(harness, "loglikelihoods", lambda m, t, i: [-2.0, -4.0])
+    monkeypatch.setattr(scoring, "loglikelihoods", lambda m, t, i: [-2.0, -4.0])
     task = Task("t", "", "multiple_choice", "", lambda r: item, ("acc", "acc_norm"))
     res = run_task(tiny_model("llama"), byte_tokenizer, TaskData(task, [item]), progress=False)
     # acc picks choice 0 (-2 > -4); acc_norm compares -2/1 with -4/4 = -1 and picks choice 1
@@ -131,7 +123,7 @@ def test_eval_cli_writes_results_and_samples(tiny_model_dir, data_dir, tmp_path,
 
 def test_builtin_scores_agree_with_lm_evaluation_harness(data_dir, byte_tokenizer):
     """The same rows scored by lm-eval's own HFLM wrapper (installed with the dev extra) give the same numbers."""
-    from secateurs.lm_eval_bridge import lm_eval_scorer
+    from secateurs.evaluation.lm_eval_bridge import lm_eval_scorer
 
     model = tiny_model("qwen2", seed=3)
     reference = lm_eval_scorer(model, byte_tokenizer)

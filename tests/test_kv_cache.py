@@ -12,9 +12,9 @@ from transformers import StaticCache
 
 from conftest import FAMILIES, tiny_model
 from secateurs import Block, ModelAdapter, load_pruned
-from secateurs.adapter import SkippedAttention
+from secateurs.models.adapter import SkippedAttention
 from secateurs.compat import cache_keyword, output_cache, version_warning
-from secateurs.export import save_pruned
+from secateurs.models.checkpoint import save_pruned
 
 REMOVED = [Block("mha", 0), Block("mha", 2), Block("mlp", 1)]
 PROMPT, NEW = 30, 12  # 42 tokens: past Gemma 3's sliding window of 32 in the tiny config

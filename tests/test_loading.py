@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from secateurs import SecateursError, load_model
-from secateurs import zoo
+from secateurs.models import builtin as zoo
 
 
 def test_local_directory_loads_with_dtype(tiny_model_dir):

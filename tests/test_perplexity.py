@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model
 from secateurs import perplexity
 from secateurs.data import TokenWindows
-from secateurs.perplexity import window_nlls
+from secateurs.evaluation.perplexity import window_nlls
 
 
 def _windows(n=5, seqlen=16, seed=0):

@@ -6,12 +6,16 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from conftest import cli_error as _err
-from conftest import tiny_model, FAMILIES
-from secateurs import Block, ModelAdapter, SecateursError, load_pruned, prune
-from secateurs.export import save_pruned
-from secateurs.search import removal_ratio
+from conftest import tiny_model
+from secateurs import Block, DataSpec, EvalSpec, ModelAdapter, OutputSpec, load_pruned, prune
+from secateurs.structured.search import removal_ratio
 
-COMMON = dict(calib="alpaca", samples=20, seqlen=32, eval_max_windows=2, progress=False)
+
+
+def _prune(model, method="blockpruner", data_dir=None, out=None, eval_ppl=("wikitext2",), **options):
+    """A small structured prune: 20 Alpaca documents in windows of 32 tokens, 2 evaluation windows."""
+    return prune(model, method, options, data=DataSpec(calib="alpaca", samples=20, seqlen=32, data_dir=data_dir),
+                 evaluation=EvalSpec(ppl=eval_ppl, max_windows=2), output=OutputSpec(out), progress=False)
 
 
 def _ids(n=1, length=20, seed=0):
@@ -25,7 +29,7 @@ def _saved_keys(directory):
 
 def test_prune_exports_smaller_model_that_reloads_identically(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "pruned"
-    result = prune(str(tiny_model_dir), blocks=3, data_dir=data_dir, out=out, **COMMON)
+    result = _prune(str(tiny_model_dir), blocks=3, data_dir=data_dir, out=out)
     report = json.loads((out / "report.json").read_text())
     assert report["removal_order"] == [s["unit"] for s in report["steps"]] and len(report["steps"]) == 3
     assert [len(s["removed"]) for s in report["steps"]] == [1, 2, 3]  # nested sets, every level saved
@@ -47,7 +51,7 @@ def test_prune_exports_smaller_model_that_reloads_identically(tiny_model_dir, da
 
 def test_whole_layers_export_is_a_plain_checkpoint(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "fewer-layers"
-    result = prune(str(tiny_model_dir), method="layer-search", blocks=1, data_dir=data_dir, out=out, **COMMON)
+    result = _prune(str(tiny_model_dir), method="layer-search", blocks=1, data_dir=data_dir, out=out)
     plain = AutoModelForCausalLM.from_pretrained(out)
     assert plain.config.num_hidden_layers == 2
     assert json.loads((out / "config.json").read_text())["secateurs_pruning"]["format"] == "fewer-layers"
@@ -59,28 +63,29 @@ def test_whole_layers_export_is_a_plain_checkpoint(tiny_model_dir, data_dir, tmp
 
 
 def test_saved_search_reapplies_at_a_lower_level(tiny_model_dir, data_dir, tmp_path):
-    full = prune(str(tiny_model_dir), blocks=3, data_dir=data_dir, out=tmp_path / "k3", **COMMON)
-    again = prune(str(tiny_model_dir), from_report=tmp_path / "k3" / "report.json", blocks=2,
-                  data_dir=data_dir, **COMMON)
+    full = _prune(str(tiny_model_dir), blocks=3, data_dir=data_dir, out=tmp_path / "k3")
+    again = _prune(str(tiny_model_dir), from_report=tmp_path / "k3" / "report.json", blocks=2,
+                  data_dir=data_dir)
     assert [b.name for b in sorted(again.removed)] == full.report["steps"][1]["removed"]
     assert again.report["search_cost"] == {}
 
 
 @pytest.mark.parametrize("method", ["shortgpt", "relative-magnitude", "one-shot-ppl", "finercut", "layer-search"])
 def test_baselines_select_nested_sets(method, tiny_model_dir, data_dir):
-    result = prune(str(tiny_model_dir), method=method, blocks=2, data_dir=data_dir, eval_ppl=(), **COMMON)
+    result = _prune(str(tiny_model_dir), method=method, blocks=2, data_dir=data_dir, eval_ppl=())
     steps = result.report["steps"]
     assert len(steps) == 2 and set(steps[0]["removed"]) < set(steps[1]["removed"])
     assert result.report["ratio"] == steps[-1]["ratio"] > 0
 
 
 def test_shortgpt_scores_are_block_influence(data_dir, byte_tokenizer):
-    from secateurs.data import calibration_windows
-    from secateurs.methods import StructuredOptions, get_method
+    from secateurs.data import token_windows
+    from secateurs import StatisticOptions
+    from secateurs.registry import get_method
     model = tiny_model("llama")
     adapter = ModelAdapter(model)
-    windows = calibration_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=5)
-    steps = get_method("shortgpt").select(adapter, windows, StructuredOptions(blocks=3), progress=False).steps
+    windows = token_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=5)
+    steps = get_method("shortgpt").select(adapter, windows, StatisticOptions(blocks=3), progress=False).steps
     with torch.no_grad():
         hidden = model(windows.input_ids, output_hidden_states=True).hidden_states
     # hidden_states[i] enters layer i; the last one is after the final norm, so take layer outputs by hooks
@@ -94,8 +99,8 @@ def test_shortgpt_scores_are_block_influence(data_dir, byte_tokenizer):
 
 
 def test_finercut_fast_equals_naive(tiny_model_dir, data_dir):
-    a = prune(str(tiny_model_dir), method="finercut", blocks=3, data_dir=data_dir, eval_ppl=(), **COMMON)
-    b = prune(str(tiny_model_dir), method="finercut", blocks=3, naive=True, data_dir=data_dir, eval_ppl=(), **COMMON)
+    a = _prune(str(tiny_model_dir), method="finercut", blocks=3, data_dir=data_dir, eval_ppl=())
+    b = _prune(str(tiny_model_dir), method="finercut", blocks=3, naive=True, data_dir=data_dir, eval_ppl=())
     assert a.report["removal_order"] == b.report["removal_order"]
     assert [s["score"] for s in a.report["steps"]] == [s["score"] for s in b.report["steps"]]
 
@@ -132,26 +137,26 @@ def test_bad_prune_input(capsys, tiny_model_dir, data_dir, tmp_path):
 def test_interrupted_export_leaves_no_directory(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     import importlib
 
-    prune_module = importlib.import_module("secateurs.prune")
+    prune_module = importlib.import_module("secateurs.run.frame")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prune_module, "write_text_atomic", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prune(str(tiny_model_dir), blocks=1, data_dir=data_dir, out=tmp_path / "outs" / "out", **COMMON)
+        _prune(str(tiny_model_dir), blocks=1, data_dir=data_dir, out=tmp_path / "outs" / "out")
     assert list((tmp_path / "outs").iterdir()) == []  # neither the output nor a temporary directory
 
 
 @pytest.mark.parametrize("method", ["blockpruner", "one-shot-ppl", "shortgpt"])
 def test_calibration_ppl_per_step_is_that_of_the_nested_set(method, tiny_model_dir, data_dir, byte_tokenizer):
-    from secateurs.data import calibration_windows
-    from secateurs.perplexity import perplexity
+    from secateurs.data import token_windows
+    from secateurs.evaluation.perplexity import perplexity
 
-    result = prune(str(tiny_model_dir), method=method, blocks=3, data_dir=data_dir, eval_ppl=(), **COMMON)
+    result = _prune(str(tiny_model_dir), method=method, blocks=3, data_dir=data_dir, eval_ppl=())
     model = load_pruned(tiny_model_dir).model  # the dense model again
     adapter = ModelAdapter(model)
-    windows = calibration_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=20, seed=0)
+    windows = token_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=20, seed=0)
     for step, ppl in zip(result.report["steps"], result.report["calibration"]["ppl_per_step"]):
         with adapter.skipped([Block.parse(n) for n in step["removed"]]):
             expected = perplexity(model, windows, batch_size=4, progress=False)["ppl"]
@@ -167,7 +172,7 @@ def test_outputs_get_the_modes_the_umask_gives(tiny_model_dir, data_dir, tmp_pat
     previous = os.umask(umask)
     try:
         out = tmp_path / "pruned"
-        prune(str(tiny_model_dir), blocks=1, data_dir=data_dir, out=out, **COMMON)
+        _prune(str(tiny_model_dir), blocks=1, data_dir=data_dir, out=out)
     finally:
         os.umask(previous)
     modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}

@@ -45,10 +45,10 @@ def test_cli_eval_acceptance(tmp_path, data_dir):
 
 def test_fast_search_matches_naive_on_smollm2(smollm2, data_dir):
     """The exact speed-ups pick the same blocks, in the same order, with identical scores, on real data."""
-    from secateurs.data import calibration_windows
-    from secateurs.search import VariantEvaluator, block_units, greedy_search
+    from secateurs.data import token_windows
+    from secateurs.structured.search import VariantEvaluator, block_units, greedy_search
 
-    windows = calibration_windows("alpaca", smollm2.tokenizer, 128, data_dir=data_dir, samples=16, seed=0,
+    windows = token_windows("alpaca", smollm2.tokenizer, 128, data_dir=data_dir, samples=16, seed=0,
                                   max_windows=2)
     adapter = ModelAdapter(smollm2.model)
     runs = {}
@@ -64,9 +64,9 @@ def test_fast_search_matches_naive_on_smollm2(smollm2, data_dir):
 
 
 def test_smollm2_task_scores_agree_with_lm_evaluation_harness(smollm2, data_dir):
-    from secateurs.harness import loglikelihoods
-    from secateurs.lm_eval_bridge import lm_eval_scorer
-    from secateurs.tasks import load_task
+    from secateurs.evaluation.scoring import loglikelihoods
+    from secateurs.evaluation.lm_eval_bridge import lm_eval_scorer
+    from secateurs.evaluation.tasks import load_task
 
     reference = lm_eval_scorer(smollm2.model, smollm2.tokenizer)
     for task in ("piqa", "winogrande", "arc_easy"):
@@ -79,13 +79,13 @@ def test_smollm2_task_scores_agree_with_lm_evaluation_harness(smollm2, data_dir)
 
 def test_wanda_and_sparsegpt_beat_magnitude_on_smollm2(data_dir):
     from secateurs import load_model, prune
-    from secateurs.methods import UnstructuredOptions
+    from secateurs import DataSpec, EvalSpec
 
     ppl = {}
     for method in ("magnitude", "wanda", "sparsegpt"):
-        report = prune(load_model("smollm2-135m"), method=method, unstructured=UnstructuredOptions(sparsity=0.5),
-                       calib="c4", samples=4, seqlen=128, data_dir=data_dir, eval_ppl=["wikitext2"], eval_seqlen=256,
-                       eval_max_windows=2, progress=False).report
+        report = prune(load_model("smollm2-135m"), method, {"sparsity": 0.5},
+                       data=DataSpec(calib="c4", samples=4, seqlen=128, data_dir=data_dir),
+                       evaluation=EvalSpec(ppl=["wikitext2"], seqlen=256, max_windows=2), progress=False).report
         assert report["sparsity"]["over_pruned_matrices"] == pytest.approx(0.5, abs=1e-3)
         ppl[method] = report["evaluation"]["wikitext2"]["pruned_ppl"]
     assert ppl["wanda"] < ppl["magnitude"] / 2 and ppl["sparsegpt"] < ppl["magnitude"] / 2, ppl

@@ -1,13 +1,12 @@
 import math
 
-import pytest
 import torch
 
 from conftest import tiny_model
 from secateurs import ModelAdapter
-from secateurs.adapter import Block
+from secateurs.models.adapter import Block
 from secateurs.data import TokenWindows
-from secateurs.search import VariantEvaluator, block_units, greedy_search, layer_units
+from secateurs.structured.search import VariantEvaluator, block_units, greedy_search, layer_units
 
 
 def _windows(n=5, seqlen=24, seed=0):
@@ -38,7 +37,7 @@ def test_naive_scores_are_the_perplexity_of_each_variant():
     model = tiny_model("llama")
     adapter = ModelAdapter(model)
     steps, _ = _search(model, fast=False, steps=1)
-    from secateurs.perplexity import window_nlls
+    from secateurs.evaluation.perplexity import window_nlls
     for unit in block_units(adapter)[:3]:
         with adapter.skipped(unit.blocks):
             expected = window_nlls(model, _windows(), batch_size=2, progress=False).double().mean().item()
@@ -55,8 +54,8 @@ def test_layer_search_fast_equals_naive():
 
 
 def test_vocabulary_bound_never_exceeds_the_exact_nll(family):
-    from secateurs.perplexity import next_token_nll
-    from secateurs.search import FINAL, VocabularyBound
+    from secateurs.evaluation.perplexity import next_token_nll
+    from secateurs.structured.search import FINAL, VocabularyBound
     model = tiny_model(family, seed=5)
     adapter = ModelAdapter(model)
     windows = _windows(n=3)

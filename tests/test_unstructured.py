@@ -10,14 +10,13 @@ from conftest import tiny_model
 from secateurs import ModelAdapter, SecateursError, prune
 from secateurs.cli import main
 from secateurs.data import TokenWindows, load_documents
-from secateurs.masks import Pattern, select_mask
-from secateurs.methods import DPrunerOptions, UnstructuredOptions, get_method
-from secateurs.methods.dpruner import domain_importance
-from secateurs.methods.unstructured import Calibration, prunable_linears
-from secateurs.obs import obs_prune
-from secateurs.stats import Hessian, InputNorms
+from secateurs.unstructured.masks import Pattern, select_mask
+from secateurs import DataSpec, DPrunerOptions, EvalSpec, OutputSpec, UnstructuredOptions
+from secateurs.registry import get_method
+from secateurs.unstructured.dpruner import domain_importance
+from secateurs.unstructured.obs import obs_prune
+from secateurs.unstructured.collectors import Hessian, InputNorms
 
-COMMON = dict(samples=2, seqlen=32, eval_max_windows=2, progress=False)  # byte tokens: 2 C4 documents = ~100 windows
 
 
 def _windows(n=6, seqlen=24, seed=0):
@@ -125,13 +124,13 @@ def test_dpruner_one_pass_without_penalty_is_the_plain_taylor_importance():
     model = tiny_model("llama", seed=4)
     adapter = ModelAdapter(model)
     windows = _windows()
-    general = {name: torch.rand_like(m.weight) for name, m in prunable_linears(adapter).items()}
-    scores, info = domain_importance(adapter, windows, general, DPrunerOptions(lam=0.0, steps=0, batch_size=3), progress=False)
-    expected = {name: torch.zeros_like(m.weight) for name, m in prunable_linears(adapter).items()}
+    general = {name: torch.rand_like(m.weight) for name, m in adapter.prunable_linears().items()}
+    scores, info = domain_importance(adapter, windows, general, DPrunerOptions(sparsity=0.5, lam=0.0, steps=0, update_batch_size=3), progress=False)
+    expected = {name: torch.zeros_like(m.weight) for name, m in adapter.prunable_linears().items()}
     for ids in windows.input_ids.split(3):
         model.zero_grad()
         model(input_ids=ids, labels=ids).loss.backward()
-        for name, m in prunable_linears(adapter).items():
+        for name, m in adapter.prunable_linears().items():
             t = m.weight.grad * m.weight.detach()
             expected[name] += (t + t.pow(2) / 2).abs()
     model.zero_grad()
@@ -146,14 +145,14 @@ def test_dpruner_training_restores_the_original_weights_and_penalty_matters():
     model = tiny_model("llama", seed=4)
     adapter = ModelAdapter(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    general = {name: torch.full_like(m.weight, 50.0) for name, m in prunable_linears(adapter).items()}
-    options = DPrunerOptions(lam=1.0, steps=2, batch_size=3, lr=0.5)
+    general = {name: torch.full_like(m.weight, 50.0) for name, m in adapter.prunable_linears().items()}
+    options = DPrunerOptions(sparsity=0.5, lam=1.0, steps=2, update_batch_size=3, lr=0.5)
     scores, info = domain_importance(adapter, _windows(), general, options, progress=False)
     assert info["updates"] == 4 and info["loss_per_epoch"][1] < info["loss_per_epoch"][0]  # it trained
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # and gave the weights back
     ratio = info["penalty_to_gradient_ratio"]
     assert max(ratio.values()) > 0
-    plain, _ = domain_importance(adapter, _windows(), general, DPrunerOptions(lam=0.0, steps=2, batch_size=3, lr=0.5),
+    plain, _ = domain_importance(adapter, _windows(), general, DPrunerOptions(sparsity=0.5, lam=0.0, steps=2, update_batch_size=3, lr=0.5),
                                  progress=False)
     assert any(not torch.equal(scores[k], plain[k]) for k in scores)  # the general term changes S
 
@@ -163,28 +162,27 @@ import re, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from secateurs import ModelAdapter
 from secateurs.data import TokenWindows
-from secateurs.methods import DPrunerOptions
-from secateurs.methods.dpruner import domain_importance
-from secateurs.methods.unstructured import prunable_linears
+from secateurs import DPrunerOptions
+from secateurs.unstructured.dpruner import domain_importance
 torch.manual_seed(0)
 config = LlamaConfig(hidden_size=512, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
                      num_key_value_heads=8, vocab_size=64, max_position_embeddings=64)
 model = LlamaForCausalLM(config).eval()
 adapter = ModelAdapter(model)
 ids = torch.randint(0, 64, (2, 16))
-targets = sum(m.weight.numel() for m in prunable_linears(adapter).values()) * 4
-general = {n: torch.zeros_like(m.weight) for n, m in prunable_linears(adapter).items()}
+targets = sum(m.weight.numel() for m in adapter.prunable_linears().values()) * 4
+general = {n: torch.zeros_like(m.weight) for n, m in adapter.prunable_linears().items()}
 def status(field):  # kB -> bytes; VmHWM is this process's own peak (ru_maxrss would carry the parent's over exec)
     return int(re.search(field + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 model(input_ids=ids, labels=ids).loss  # warm up allocations
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
 base = status("VmRSS")
 if sys.argv[1] == "ours":
-    domain_importance(adapter, TokenWindows(ids, {}), general, DPrunerOptions(steps=0, lam=0.0), progress=False)
+    domain_importance(adapter, TokenWindows(ids, {}), general, DPrunerOptions(sparsity=0.5, steps=0, lam=0.0), progress=False)
 else:  # the plain way: backward, then read every gradient into the scores
-    scores = {n: torch.zeros_like(m.weight) for n, m in prunable_linears(adapter).items()}
+    scores = {n: torch.zeros_like(m.weight) for n, m in adapter.prunable_linears().items()}
     model(input_ids=ids, labels=ids).loss.backward()
-    for n, m in prunable_linears(adapter).items():
+    for n, m in adapter.prunable_linears().items():
         t = m.weight.grad * m.weight.detach()
         scores[n] += (t + t.pow(2) / 2).abs()
 peak = status("VmHWM")
@@ -227,8 +225,9 @@ def test_domain_calibration_is_disjoint_from_every_evaluation_row(data_dir):
 ])
 def test_baselines_export_dense_zeros_that_plain_transformers_loads(method, extra, tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / method
-    result = prune(str(tiny_model_dir), method=method, calib="c4", unstructured=UnstructuredOptions(**extra),
-                   domain="healthcare", data_dir=data_dir, out=out, **COMMON)
+    result = prune(str(tiny_model_dir), method, extra,
+                   data=DataSpec(calib="c4", samples=2, seqlen=32, domain="healthcare", data_dir=data_dir),
+                   evaluation=EvalSpec(max_windows=2), output=OutputSpec(out), progress=False)
     report = json.loads((out / "report.json").read_text())
     target = 0.5 if "nm" in extra else extra["sparsity"]
     assert report["sparsity"]["over_pruned_matrices"] == pytest.approx(target, abs=0.01)  # floor(s * row) per row
@@ -236,8 +235,8 @@ def test_baselines_export_dense_zeros_that_plain_transformers_loads(method, extr
     assert set(report["evaluation"]) == {"wikitext2", "healthcare:test"}
     assert report["evaluation"]["healthcare:test"]["role"] == "domain"
     reloaded = AutoModelForCausalLM.from_pretrained(out)
-    for name, m in prunable_linears(ModelAdapter(reloaded)).items():
-        assert torch.equal(m.weight == 0, prunable_linears(ModelAdapter(result.model.model))[name].weight == 0)
+    for name, m in ModelAdapter(reloaded).prunable_linears().items():
+        assert torch.equal(m.weight == 0, ModelAdapter(result.model.model).prunable_linears()[name].weight == 0)
     if "nm" in extra:
         w = reloaded.model.layers[0].mlp.down_proj.weight
         assert ((w != 0).view(w.shape[0], -1, 4).sum(-1) == 2).all()
@@ -278,8 +277,8 @@ def test_bad_unstructured_input(capsys, tiny_model_dir, data_dir, tmp_path, byte
     other = tmp_path / "other"
     tiny_model("qwen2").save_pretrained(other)
     byte_tokenizer.save_pretrained(other)
-    from secateurs.methods.dpruner import save_importance
-    wrong = {n: torch.zeros(3, 3) for n in prunable_linears(ModelAdapter(tiny_model("llama")))}
+    from secateurs.unstructured.dpruner import save_importance
+    wrong = {n: torch.zeros(3, 3) for n in ModelAdapter(tiny_model("llama")).prunable_linears()}
     save_importance(wrong, tmp_path / "g.safetensors", {})
     err = _err(capsys, *base, "--method", "dpruner", "--sparsity", "0.5", "--domain", "healthcare",
                "--general-importance", str(tmp_path / "g.safetensors"))
@@ -290,7 +289,7 @@ def test_bad_unstructured_input(capsys, tiny_model_dir, data_dir, tmp_path, byte
 
 def test_sparsity_of_all_parameters_is_converted_to_the_matrices_share():
     adapter = ModelAdapter(tiny_model("llama"))
-    total, prunable = adapter.total_num_params(), sum(m.weight.numel() for m in prunable_linears(adapter).values())
+    total, prunable = adapter.total_num_params(), sum(m.weight.numel() for m in adapter.prunable_linears().values())
     pattern = UnstructuredOptions(sparsity=0.2, sparsity_of="all").pattern(adapter, "row")
     assert pattern.target == pytest.approx(0.2 * total / prunable)
     with pytest.raises(SecateursError, match="of all parameters needs more than all"):
@@ -299,12 +298,12 @@ def test_sparsity_of_all_parameters_is_converted_to_the_matrices_share():
 
 def test_dpruner_code_variant_uses_the_authors_accumulation():
     adapter = ModelAdapter(tiny_model("llama", seed=6))
-    general = {name: torch.rand_like(m.weight) for name, m in prunable_linears(adapter).items()}
-    common = dict(lam=0.1, steps=1, batch_size=3, lr=0.05)
+    general = {name: torch.rand_like(m.weight) for name, m in adapter.prunable_linears().items()}
+    common = dict(sparsity=0.5, lam=0.1, steps=1, update_batch_size=3, lr=0.05)
     paper, _ = domain_importance(adapter, _windows(), general, DPrunerOptions(**common), progress=False)
     code, info = domain_importance(adapter, _windows(), general, DPrunerOptions(variant="code", **common), progress=False)
     name = next(iter(paper))
-    w = prunable_linears(adapter)[name].weight.detach()
+    w = adapter.prunable_linears()[name].weight.detach()
     assert all(torch.isfinite(v).all() for v in code.values())
     # |t + t^2/2000 + w^3| is dominated by |w^3| for small gradients: the code variant's S follows |w|^3
     assert torch.corrcoef(torch.stack([code[name].flatten(), w.abs().pow(3).flatten()]))[0, 1] > 0.9

@@ -2,30 +2,23 @@
 
 __version__ = "0.1.0"
 
-from .adapter import Block, ModelAdapter
-from .api import describe_data, evaluate
-from .data import TokenWindows, calibration_windows, load_documents, make_windows
+from .data import TokenWindows, describe_data, load_documents, make_windows, token_windows
 from .errors import SecateursError
-from .loading import LoadedModel, load_model, load_pruned
-from .methods import list_methods
-from .perplexity import perplexity
-from .prune import PruneResult, prune
+from .evaluation.evaluate import EvalSettings, evaluate
+from .evaluation.perplexity import perplexity
+from .models.adapter import Block, ModelAdapter
+from .models.loading import LoadedModel, load_model, load_pruned
+from .registry import list_methods
+from .run.frame import PruneResult
+from .run.prune import prune
+from .run.spec import DataSpec, EvalSpec, OutputSpec
+from .structured.methods import SearchOptions, StatisticOptions, StructuredOptions
+from .unstructured.dpruner import DPrunerOptions
+from .unstructured.methods import OBSOptions, UnstructuredOptions
 
 __all__ = [
-    "Block",
-    "LoadedModel",
-    "ModelAdapter",
-    "SecateursError",
-    "TokenWindows",
-    "calibration_windows",
-    "describe_data",
-    "evaluate",
-    "list_methods",
-    "load_documents",
-    "load_model",
-    "load_pruned",
-    "make_windows",
-    "perplexity",
-    "prune",
-    "PruneResult",
+    "Block", "DPrunerOptions", "DataSpec", "EvalSettings", "EvalSpec", "LoadedModel", "ModelAdapter", "OBSOptions",
+    "OutputSpec", "PruneResult", "SearchOptions", "SecateursError", "StatisticOptions", "StructuredOptions",
+    "TokenWindows", "UnstructuredOptions", "describe_data", "evaluate", "list_methods", "load_documents",
+    "load_model", "load_pruned", "make_windows", "perplexity", "prune", "token_windows",
 ]

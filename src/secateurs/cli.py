@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-from typing import Sequence
+import typing
+from typing import Any, Sequence
 
 from . import __version__
-from .api import PAPER_SEQLEN, describe_data, evaluate
+from .data import describe_data
 from .errors import SecateursError
-from .io import check_output_path, write_json_atomic, write_text_atomic
-from .report import render_comparison, render_results
-from .tasks import SUITES, task_names
-from .methods import list_methods
-from .perplexity import DEFAULT_BATCH_SIZE
-from .masks import parse_nm
-from .methods import DPrunerOptions, UnstructuredOptions, get_method
-from .prune import prune
+from .evaluation.evaluate import PAPER_SEQLEN, EvalSettings, evaluate
+from .evaluation.perplexity import DEFAULT_BATCH_SIZE
+from .evaluation.tasks import SUITES, task_names
+from .files import check_output_path, write_json_atomic, write_text_atomic
+from .options import flag_of, own_fields
+from .registry import METHODS, get_method, list_methods, make_options
+from .reporting.markdown import render_comparison, render_results
+from .run.prune import prune
+from .run.spec import DataSpec, EvalSpec, OutputSpec
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -39,6 +42,62 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (default: $SECATEURS_DATA; else the Hugging Face hub)")
     parser.add_argument("--text-field", default="text", help="field holding the text in a local .jsonl file")
+
+
+OPTION_DEST = "option_"  # argparse destination prefix of the methods' options
+
+
+def _option_classes() -> list[type]:
+    """Every options class the registered methods use, with their bases, bases first."""
+    classes = {base for cls in METHODS.values() for base in cls.options.__mro__ if dataclasses.is_dataclass(base)}
+    return sorted(classes, key=lambda c: (len(c.__mro__), c.__name__))
+
+
+def _scalar(hint: Any) -> type:
+    """int / float / str from a field's type hint (``int | None`` -> int)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return (args[0] if args else hint) if (args[0] if args else hint) in (int, float) else str
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """One argument group per options class, from its fields: adding an option touches one place."""
+    for cls in _option_classes():
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in own_fields(cls) if not f.metadata.get("run_level")]
+        if not fields:
+            continue
+        users = sorted(name for name, method in METHODS.items() if issubclass(method.options, cls))
+        title = (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace(" (validated on creation)", "").rstrip(".")
+        group = parser.add_argument_group(f"{title} ({', '.join(users)})")
+        for f in fields:
+            flag, dest, help = flag_of(f), OPTION_DEST + f.name, f.metadata["help"]
+            if hints[f.name] is bool:
+                group.add_argument(flag, action="store_true", dest=dest, default=argparse.SUPPRESS, help=help)
+                continue
+            choices = f.metadata.get("choices")
+            group.add_argument(flag, type=_scalar(hints[f.name]), choices=choices, metavar=None if choices else f.name.upper(),
+                               dest=dest, default=argparse.SUPPRESS,
+                               help=help if f.default is None else f"{help} (default {f.default})")
+
+
+def _method_options(args: argparse.Namespace) -> Any:
+    """The chosen method's typed options from the flags given; a flag it does not take is an error."""
+    cls = get_method(args.method).options
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith(OPTION_DEST):
+            continue
+        name = dest[len(OPTION_DEST):]
+        if name not in fields:
+            flag = "--" + name.replace("_", "-")
+            flag = next((flag_of(f) for c in _option_classes() for f in own_fields(c) if f.name == name), flag)
+            raise SecateursError(f"{flag} is not an option of {args.method} (see `secateurs prune --help`)")
+        parse = fields[name].metadata.get("parse")
+        values[name] = parse(value) if parse else value
+    if "batch_size" in fields:
+        values["batch_size"] = args.batch_size
+    return make_options(args.method, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,31 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--samples", type=int, default=64, help="calibration documents drawn with --seed (default 64)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--seqlen", type=int, default=512, help="calibration window length (default 512)")
-    pr.add_argument("--blocks", type=int, help="remove K units (blocks or layers)")
-    pr.add_argument("--ratio", type=float, help="or stop at the first step whose parameter ratio reaches R")
-    pr.add_argument("--block-type", default="mix", choices=["mix", "mha", "mlp"], help="block units to search")
-    pr.add_argument("--unit", default="layer", choices=["layer", "block"], help="unit of shortgpt / relative-magnitude")
-    pr.add_argument("--naive", action="store_true", help="reference search: a full forward per candidate")
-    un = pr.add_argument_group("unstructured methods (magnitude, wanda, sparsegpt, dpruner)")
-    un.add_argument("--sparsity", type=float, help="fraction of weights to zero, in (0, 1)")
-    un.add_argument("--nm", help="or N:M sparsity, e.g. 2:4 (keep N of every M)")
-    un.add_argument("--group", help="comparison group: row, matrix, columns:W or blocks:N (default: the method's)")
-    un.add_argument("--sparsity-of", default="matrices", choices=["matrices", "all"],
-                    help="the sparsity counts the pruned matrices (default) or all parameters")
-    un.add_argument("--propagate", default="pruned", choices=["pruned", "dense"],
-                    help="what the next layer is calibrated on (default: the pruned layers' outputs)")
-    un.add_argument("--damping", type=float, default=0.01, help="SparseGPT / OBS damping (default 0.01)")
-    un.add_argument("--domain", help="healthcare or legal: D-Pruner's domain data, and a domain PPL for every method")
-    un.add_argument("--domain-data", help="or your own domain text (.txt or .jsonl) for D-Pruner")
-    un.add_argument("--domain-samples", type=int, default=64, help="domain documents drawn with --seed (default 64)")
-    dp = pr.add_argument_group("D-Pruner")
-    dp.add_argument("--dpruner-steps", type=int, default=1, help="epochs of fused SGD on the domain data; 0 = one pass of gradients (default 1)")
-    dp.add_argument("--dpruner-variant", default="paper", choices=["paper", "code"], help="the paper's regulariser or the authors' code's")
-    dp.add_argument("--dpruner-lambda", type=float, default=0.1, help="weight of the general-importance penalty (default 0.1)")
-    dp.add_argument("--dpruner-lr", type=float, default=0.03, help="learning rate (default 0.03)")
-    dp.add_argument("--dpruner-batch-size", type=int, default=8, help="windows per update (default 8)")
-    dp.add_argument("--general-importance", help="reuse a saved general importance (general_importance.safetensors)")
-    pr.add_argument("--from-report", help="re-apply a saved search (report.json) at level --blocks, no search")
+    pr.add_argument("--domain", help="healthcare or legal: D-Pruner's domain data, and a domain PPL for every method")
+    pr.add_argument("--domain-data", help="or your own domain text (.txt or .jsonl) for D-Pruner")
+    pr.add_argument("--domain-samples", type=int, default=64, help="domain documents drawn with --seed (default 64)")
+    _add_method_options(pr)
     pr.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
     pr.add_argument("--eval-ppl", type=_comma_list, default=["wikitext2"], help="perplexity after pruning (dense vs pruned)")
     pr.add_argument("--eval-seqlen", type=int, help="window length for --eval-ppl (default: --seqlen)")
@@ -134,28 +172,15 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         ppl = ["wikitext2"]
     speed = {"batch_size": 1, "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens} if args.speed else None
     log = [] if args.log_samples else None
-    result = evaluate(
-        args.model,
-        ppl=ppl,
-        tasks=tasks,
-        limit=args.limit,
-        sample=args.sample,
-        seed=args.seed,
-        log_samples=log,
-        speed=speed,
-        backend=args.backend,
-        seqlen=args.seqlen,
-        max_windows=args.max_windows,
-        data_dir=args.data_dir,
-        text_field=args.text_field,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
-        progress=not args.quiet,
-    )
+    settings = EvalSettings(seqlen=args.seqlen, max_windows=args.max_windows, batch_size=args.batch_size,
+                            data_dir=args.data_dir, text_field=args.text_field, limit=args.limit, sample=args.sample,
+                            seed=args.seed, speed=speed, backend=args.backend)
+    result = evaluate(args.model, ppl=ppl, tasks=tasks, settings=settings, log_samples=log, dtype=args.dtype,
+                      device=args.device, progress=not args.quiet)
     result["command"] = ["secateurs", *args.argv]
     if args.speed and args.speed_baseline:
-        baseline = evaluate(args.speed_baseline, ppl=[], speed=speed, dtype=args.dtype, device=args.device, progress=False)
+        baseline = evaluate(args.speed_baseline, ppl=[], settings={"speed": speed}, dtype=args.dtype,
+                            device=args.device, progress=False)
         result["speed_baseline"] = {"model": baseline["model"], **baseline["speed"]}
     print(render_results(result))
     if log is not None:
@@ -164,17 +189,6 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if args.out:
         write_json_atomic(args.out, result)
         print(f"wrote {args.out}")
-
-
-def _unstructured_options(args: argparse.Namespace) -> UnstructuredOptions | None:
-    if get_method(args.method).kind != "unstructured":
-        return None
-    dpruner = DPrunerOptions(lam=args.dpruner_lambda, lr=args.dpruner_lr, steps=args.dpruner_steps,
-                             variant=args.dpruner_variant, batch_size=args.dpruner_batch_size,
-                             general_importance=args.general_importance)
-    return UnstructuredOptions(sparsity=args.sparsity, nm=parse_nm(args.nm) if args.nm else None, group=args.group, sparsity_of=args.sparsity_of,
-                               batch_size=args.batch_size, propagate=args.propagate, damping=args.damping,
-                               extra={"dpruner": dpruner})
 
 
 def _print_unstructured(report: dict) -> None:
@@ -186,25 +200,20 @@ def _print_unstructured(report: dict) -> None:
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
-    unstructured = _unstructured_options(args)
-    result = prune(
-        args.model, method=args.method, calib=args.calib, samples=args.samples, seqlen=args.seqlen,
-        seed=args.seed, blocks=args.blocks, ratio=args.ratio, block_type=args.block_type, unit=args.unit,
-        naive=args.naive, batch_size=args.batch_size, eval_ppl=args.eval_ppl, eval_seqlen=args.eval_seqlen,
-        eval_max_windows=args.eval_max_windows, from_report=args.from_report, data_dir=args.data_dir,
-        text_field=args.text_field, out=args.out, overwrite=args.overwrite, dtype=args.dtype,
-        device=args.device, progress=not args.quiet, command=["secateurs", *args.argv],
-        unstructured=unstructured, domain=args.domain, domain_data=args.domain_data,
-        domain_samples=args.domain_samples, speed=args.speed,
-    )
+    data = DataSpec(calib=args.calib, samples=args.samples, seqlen=args.seqlen, seed=args.seed, data_dir=args.data_dir,
+                    text_field=args.text_field, domain=args.domain, domain_data=args.domain_data,
+                    domain_samples=args.domain_samples)
+    evaluation = EvalSpec(ppl=args.eval_ppl, seqlen=args.eval_seqlen, max_windows=args.eval_max_windows,
+                          batch_size=args.batch_size, speed=args.speed)
+    output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv])
+    result = prune(args.model, args.method, _method_options(args), data, evaluation, output, dtype=args.dtype,
+                   device=args.device, progress=not args.quiet)
     report = result.report
-    if unstructured is not None:
+    if report["kind"] == "unstructured":
         _print_unstructured(report)
-        if args.out:
-            print(f"wrote {args.out} (model, report.json, report.md)")
-        return
-    print(f"{args.method}: removed {', '.join(report['removal_order'])} (in this order)")
-    print(render_comparison(report))
+    else:
+        print(f"{args.method}: removed {', '.join(report['removal_order'])} (in this order)")
+        print(render_comparison(report))
     if args.out:
         print(f"wrote {args.out} (model, report.json, report.md)")
 

@@ -1,0 +1,125 @@
+"""The Python API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..data import token_windows
+from ..errors import SecateursError
+from ..models.loading import LoadedModel, load_model
+from .perplexity import DEFAULT_BATCH_SIZE, perplexity
+from .scoring import run_task
+from ..reporting.provenance import environment
+from .speed import measure_speed
+from .tasks import PAPER_TASKS, TASKS, load_task
+from ..resources import dtype_name
+
+PAPER_SEQLEN = 2048
+BACKENDS = ("builtin", "lm-eval")
+
+
+def paper_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
+    """The pruning papers' zero-shot average: acc_norm for PIQA/HellaSwag/ARC, acc for WinoGrande."""
+    if not all(name in tasks for name in PAPER_TASKS):
+        return None
+    values = {name: tasks[name]["metrics"][TASKS[name].paper_metric] for name in PAPER_TASKS}
+    return {"average": sum(values.values()) / len(values), "per_task": values,
+            "metrics": {name: TASKS[name].paper_metric for name in PAPER_TASKS}}
+
+
+def legalbench_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
+    """Macro average of acc and balanced acc over the LegalBench tasks that were run."""
+    legal = {name: res["metrics"] for name, res in tasks.items() if name.startswith("legalbench:")}
+    if not legal:
+        return None
+    return {"tasks": sorted(legal), **{key: sum(m[key] for m in legal.values()) / len(legal)
+                                       for key in ("acc", "balanced_acc")}}
+
+
+@dataclass
+class EvalSettings:
+    """How to evaluate: windows for perplexity, rows of tasks, speed, the backend (validated on creation)."""
+
+    seqlen: int = PAPER_SEQLEN  # perplexity window length
+    max_windows: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    data_dir: str | os.PathLike | None = None
+    text_field: str = "text"
+    limit: int | None = None  # first N rows of each task (the harness's rule)
+    sample: int | None = None  # or a seeded subset of N rows
+    seed: int = 0
+    speed: dict[str, int] | None = None  # prefill/decode settings of a speed measurement
+    backend: str = "builtin"  # or lm-eval (lm-evaluation-harness's HFLM scores the tasks)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise SecateursError(f"unknown backend '{self.backend}'; choose builtin or lm-eval")
+        if self.batch_size < 1:
+            raise SecateursError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+def evaluate(
+    model: LoadedModel | str,
+    ppl: Sequence[str] = ("wikitext2",),
+    tasks: Sequence[str] = (),
+    settings: EvalSettings | dict | None = None,
+    log_samples: list[dict] | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model (or a model spec, loaded first); returns a JSON-ready result with protocols.
+
+    ``ppl``: token perplexity datasets; ``tasks``: zero-shot / domain tasks; ``settings``: windows,
+    rows (``limit`` = first N, ``sample`` = a seeded subset), speed and backend; ``log_samples``
+    receives every item's log-likelihoods and prediction.
+    """
+    s = settings if isinstance(settings, EvalSettings) else EvalSettings(**(settings or {}))
+    if not ppl and not tasks and s.speed is None:
+        raise SecateursError("nothing to evaluate: name a perplexity dataset, a task or --speed")
+    task_data = {name: load_task(name, s.data_dir, limit=s.limit, sample=s.sample, seed=s.seed) for name in tasks}
+    timings: dict[str, float] = {}
+    if isinstance(model, str):
+        start = time.perf_counter()
+        model = load_model(model, dtype=dtype, device=device)
+        timings["load_s"] = time.perf_counter() - start
+    results: dict[str, Any] = {}
+    for spec in ppl:
+        start = time.perf_counter()
+        windows = token_windows(
+            spec, model.tokenizer, s.seqlen, data_dir=s.data_dir, max_windows=s.max_windows, text_field=s.text_field
+        )
+        results[spec] = perplexity(model.model, windows, batch_size=s.batch_size, progress=progress)
+        timings[f"ppl_{spec}_s"] = time.perf_counter() - start
+    task_results: dict[str, Any] = {}
+    scorer = None
+    if s.backend == "lm-eval" and task_data:
+        from .lm_eval_bridge import lm_eval_scorer
+
+        scorer = lm_eval_scorer(model.model, model.tokenizer)
+    for name, data in task_data.items():
+        start = time.perf_counter()
+        batching = "lm-eval HFLM" if scorer else "choices of one row together; shared context once"
+        task_results[name] = {**run_task(model.model, model.tokenizer, data, progress, log_samples, scorer),
+                              "protocol": {**data.protocol, "batching": batching, "backend": s.backend}}
+        timings[f"task_{name}_s"] = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "model": model.source,
+        "perplexity": results,
+        "tasks": task_results,
+        "dtype": dtype_name(model.model),
+        "batch_size": s.batch_size,
+    }
+    average = paper_average(task_results)
+    if average is not None:
+        result["paper_average"] = average
+    legal = legalbench_average(task_results)
+    if legal is not None:
+        result["legalbench_macro_average"] = legal
+    if s.speed is not None:
+        result["speed"] = measure_speed(model.model, **s.speed)
+    result.update(timings=timings, environment=environment())
+    return result

@@ -1,0 +1,169 @@
+"""Readable summaries (report.md) of the JSON reports."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A short markdown summary of a pruning report (structured or unstructured)."""
+    if report.get("kind") == "unstructured":
+        return render_unstructured(report)
+    return render_structured(report)
+
+
+def _footer(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()),
+        "Peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in report["peak_memory"].items()),
+    ]
+    if report.get("command"):
+        lines += ["", "Re-run with:", "", "```", " ".join(report["command"]), "```"]
+    return lines
+
+
+def _protocol_line(label: str, proto: dict[str, Any]) -> str:
+    seed = "" if proto["seed"] is None else f" (seed {proto['seed']})"
+    return (f"{label}: {proto['dataset']} ({proto['split'] or 'file'}), {proto['documents']} documents{seed}, "
+            f"{proto['windows']} windows x {proto['seqlen']} tokens, token sha256 {proto['token_sha256'][:16]}...")
+
+
+def render_unstructured(report: dict[str, Any]) -> str:
+    details, sparsity = report["details"], report["sparsity"]
+    lines = [
+        f"# {report['method']} on {report['model'].get('spec')}",
+        "",
+        f"Pattern: {details['pattern']}; score: {details['score']}.",
+        f"Achieved sparsity: {100 * sparsity['over_pruned_matrices']:.2f}% of the pruned matrices "
+        f"({sparsity['prunable_params']:,} weights), {100 * sparsity['over_all_parameters']:.2f}% of all parameters.",
+        f"Calibration protocol: {report['calibration']['sequential']}.",
+        "",
+        "| evaluation | role | dense PPL | pruned PPL |",
+        "|---|---|---:|---:|",
+    ]
+    for name, ev in report["evaluation"].items():
+        p = ev["protocol"]
+        lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {ev['role']} | {_fmt(ev['dense_ppl'])} | {_fmt(ev['pruned_ppl'])} |")
+    lines.append("")
+    for label, key in (("General calibration", "general"), ("Domain calibration", "domain")):
+        if report["calibration"].get(key):
+            lines.append(_protocol_line(label, report["calibration"][key]))
+    if "penalty_to_gradient_ratio" in details:
+        ratio = details["penalty_to_gradient_ratio"]
+        lines += ["", f"D-Pruner penalty size: mean |penalty gradient| / |g| = {ratio['mean']:.3g} "
+                      f"(largest matrix {ratio['max']:.3g}); general importance: {details['general_importance']}."]
+    for note in details.get("notes", []):
+        lines.append(f"Note: {note}.")
+    lines += ["", "Per matrix sparsity (first layer):", ""]
+    first = {k: v for k, v in sparsity["per_matrix"].items() if k.startswith("layers.0.")}
+    lines += [f"- {k}: {100 * v:.2f}%" for k, v in first.items()]
+    lines += [""] + _footer(report)
+    return "\n".join(lines) + "\n"
+
+
+def render_structured(report: dict[str, Any]) -> str:
+    """A short markdown summary of a structured pruning report."""
+    calib = report["calibration"]
+    proto = calib["protocol"]
+    lines = [
+        f"# {report['method']} on {report['model'].get('spec')}",
+        "",
+        f"Removed {len(report['removed_blocks'])} blocks: {report['dense_params']:,} -> "
+        f"{report['pruned_params']:,} parameters (ratio {100 * report['ratio']:.2f}%, all parameters counted).",
+        f"Score: {report['score']}.",
+        "",
+        "| step | removed | ratio % | calibration PPL |",
+        "|---:|---|---:|---:|",
+        f"| 0 | (dense) | 0.00 | {_fmt(calib['dense_ppl'])} |",
+    ]
+    for step, ppl in zip(report["steps"], calib["ppl_per_step"]):
+        lines.append(f"| {step['step']} | {step['unit']} | {100 * step['ratio']:.2f} | {_fmt(ppl)} |")
+    if report["evaluation"]:
+        lines += ["", "| evaluation | dense PPL | pruned PPL |", "|---|---:|---:|"]
+        for name, ev in report["evaluation"].items():
+            p = ev["protocol"]
+            lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {_fmt(ev['dense_ppl'])} | {_fmt(ev['pruned_ppl'])} |")
+    if report.get("speed"):
+        dense, pruned = report["speed"]["dense"], report["speed"]["pruned"]
+        lines += ["", f"Decode speed (batch {dense['batch_size']}, {dense['prompt_tokens']}-token prompt, "
+                      f"{dense['decode_tokens']} tokens, median of {dense['repeats']}, {dense['device']}, "
+                      f"{dense['threads']} threads): {dense['decode_tokens_per_s']:.1f} -> "
+                      f"{pruned['decode_tokens_per_s']:.1f} tokens/s."]
+    lines += [
+        "",
+        f"Calibration: {proto['dataset']} ({proto['split']}), {proto['documents']} documents "
+        f"(seed {proto['seed']}), {proto['windows']} windows x {proto['seqlen']} tokens, "
+        f"token sha256 {proto['token_sha256'][:16]}...",
+        f"Search cost: {json.dumps(report['search_cost'])}",
+        *_footer(report),
+    ]
+    for figure in report.get("figures", []):
+        lines += ["", f"![{figure}]({figure})"]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Dense vs pruned of a structured report: parameters, calibration and evaluation PPL, decode speed."""
+    calib = report["calibration"]
+    rows = [("parameters", f"{report['dense_params']:,}", f"{report['pruned_params']:,}"),
+            (f"calibration PPL ({calib['protocol']['dataset']})", _fmt(calib["dense_ppl"]), _fmt(calib["ppl_per_step"][-1]))]
+    for name, ev in report["evaluation"].items():
+        p = ev["protocol"]
+        rows.append((f"{name} PPL ({p['windows']} x {p['seqlen']} tokens)", _fmt(ev["dense_ppl"]), _fmt(ev["pruned_ppl"])))
+    if report.get("speed"):
+        dense, pruned = report["speed"]["dense"], report["speed"]["pruned"]
+        rows.append((f"decode tokens/s (batch {dense['batch_size']}, {dense['threads']} threads)",
+                     f"{dense['decode_tokens_per_s']:.1f}", f"{pruned['decode_tokens_per_s']:.1f}"))
+    return rows
+
+
+def render_comparison(report: dict[str, Any]) -> str:
+    """The dense-vs-pruned table printed at the end of ``secateurs prune`` (structured methods)."""
+    rows = [("", "dense", "pruned"), *comparison_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+    lines.append(f"ratio removed: {100 * report['ratio']:.2f}% of all parameters")
+    return "\n".join(lines)
+
+
+def render_results(result: dict[str, Any]) -> str:
+    """The table printed at the end of ``secateurs eval``."""
+    lines = []
+    for spec, res in result.get("perplexity", {}).items():
+        proto = res["protocol"]
+        lines.append(f"{spec} ({proto['split'] or 'file'}): token PPL {res['ppl']:.3f} "
+                     f"over {proto['windows']} windows x {proto['seqlen']} tokens")
+    tasks = result.get("tasks", {})
+    if tasks:
+        lines += ["", "| task | rows | metric | value | stderr |", "|---|---:|---|---:|---:|"]
+        for name, res in tasks.items():
+            metrics = res["metrics"]
+            for key, value in metrics.items():
+                if key.endswith("_stderr"):
+                    continue
+                stderr = metrics.get(f"{key}_stderr")
+                lines.append(f"| {name} | {res['n']} | {key} | {value:.4f} | {_fmt(stderr, 4)} |")
+    if "paper_average" in result:
+        lines.append(f"\npaper average (acc_norm; WinoGrande acc) over {len(result['paper_average']['per_task'])} tasks: "
+                     f"{100 * result['paper_average']['average']:.2f}")
+    if "legalbench_macro_average" in result:
+        avg = result["legalbench_macro_average"]
+        lines.append(f"LegalBench macro average over {len(avg['tasks'])} tasks: acc {avg['acc']:.4f}, "
+                     f"balanced acc {avg['balanced_acc']:.4f}")
+    for key, label in (("speed", "speed"), ("speed_baseline", "baseline speed")):
+        if key in result:
+            s = result[key]
+            lines.append(f"{label}: prefill {s['prefill_tokens_per_s']:.1f} tok/s, decode {s['decode_tokens_per_s']:.1f} tok/s "
+                         f"(batch {s['batch_size']}, prompt {s['prompt_tokens']}, decode {s['decode_tokens']}, "
+                         f"{s['dtype']} on {s['device']}, {s['params']:,} params)")
+    if "speed" in result and "speed_baseline" in result:
+        a, b = result["speed"], result["speed_baseline"]
+        lines.append(f"speed-up vs baseline: prefill {a['prefill_tokens_per_s'] / b['prefill_tokens_per_s']:.2f}x, "
+                     f"decode {a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f}x "
+                     "(unstructured zeros give none with dense kernels)")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""The steps every run shares: load, token windows, dense-vs-pruned perplexity, the report frame and
+the atomic write of the output directory. The two wings (structured.py, unstructured.py) are built
+from these."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+from ..data import TokenWindows, token_windows
+from ..evaluation.perplexity import perplexity
+from ..files import Artifact, atomic_directory, write_json_atomic, write_text_atomic
+from ..models.adapter import ModelAdapter
+from ..models.loading import LoadedModel, load_model
+from ..options import as_dict
+from ..reporting.markdown import render_markdown
+from ..reporting.provenance import environment
+from ..resources import peak_memory
+from .spec import RunSpec
+
+
+@dataclass
+class PruneResult:
+    model: LoadedModel
+    removed: list  # the removed blocks (structured methods; empty for unstructured ones)
+    report: dict[str, Any]
+
+
+@dataclass
+class Run:
+    """A run in progress: its spec, the loaded model with its adapter, and the time each step took."""
+
+    spec: RunSpec
+    lm: LoadedModel
+    adapter: ModelAdapter
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, spec: RunSpec) -> "Run":
+        start = time.perf_counter()
+        model = spec.model
+        lm = load_model(model, dtype=spec.dtype, device=spec.device) if isinstance(model, str) else model
+        run = cls(spec, lm, ModelAdapter(lm.model), {"load_s": time.perf_counter() - start})
+        spec.method.check(run.adapter, spec.options)  # what can fail on this model fails before calibration
+        return run
+
+    @contextlib.contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[key] = time.perf_counter() - start
+
+    # --- data ------------------------------------------------------------------------------------
+    def calibration(self, name: str | None = None, samples: int | None = None) -> TokenWindows:
+        """Calibration windows of ``name`` (default: the run's set, else the method's default)."""
+        data = self.spec.data
+        return token_windows(name or data.calib or self.spec.method.default_calibration, self.lm.tokenizer,
+                             data.seqlen, data_dir=data.data_dir, samples=data.samples if samples is None else samples,
+                             seed=data.seed, text_field=data.text_field)
+
+    def evaluation_windows(self, extra: tuple[str, ...] = ()) -> dict[str, TokenWindows]:
+        """Windows of every perplexity set to compare on (the run's, then ``extra`` ones not among them)."""
+        ev, data = self.spec.evaluation, self.spec.data
+        names = [*ev.ppl, *(name for name in extra if name not in ev.ppl)]
+        return {name: token_windows(name, self.lm.tokenizer, ev.seqlen or data.seqlen, data_dir=data.data_dir,
+                                    max_windows=ev.max_windows) for name in names}
+
+    def perplexities(self, windows: dict[str, TokenWindows], variant: Callable[[], ContextManager] = contextlib.nullcontext,
+                     progress: bool | None = None) -> dict[str, dict[str, Any]]:
+        """Perplexity on each window set, inside ``variant`` (e.g. the adapter skipping blocks)."""
+        show = self.spec.progress if progress is None else progress
+        with variant():
+            return {name: perplexity(self.lm.model, w, batch_size=self.spec.evaluation.batch_size, progress=show)
+                    for name, w in windows.items()}
+
+    # --- report and output -----------------------------------------------------------------------
+    def report(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """The report: what every run records around the wing's own ``fields``."""
+        spec = self.spec
+        return {
+            "kind": kind, "method": spec.method.name, "model": self.lm.source, **fields,
+            "timings": self.timings, "peak_memory": peak_memory(),
+            "recipe": {"method": spec.method.name, **as_dict(spec.options)},
+            "command": spec.output.command, "environment": environment(),
+        }
+
+    def write(self, report: dict[str, Any], save_model: Callable[[Path], Any],
+              artifacts: list[Artifact] = ()) -> None:
+        """Write the model (``save_model(dir)``), artifacts, report.json and report.md, atomically."""
+        out = self.spec.output
+        with atomic_directory(out.path, overwrite=out.overwrite) as tmp:
+            save_model(tmp)
+            for artifact in artifacts:
+                artifact.save(tmp / artifact.name)
+            if artifacts:
+                report["artifacts"] = [a.name for a in artifacts]
+            write_json_atomic(tmp / "report.json", report)
+            write_text_atomic(tmp / "report.md", render_markdown(report))
+
+
+def compare(dense: dict[str, dict[str, Any]], pruned: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Dense vs pruned perplexity per set, with the protocol of the windows."""
+    return {name: {"dense_ppl": dense[name]["ppl"], "pruned_ppl": pruned[name]["ppl"],
+                   "protocol": pruned[name]["protocol"]} for name in pruned}

@@ -1,0 +1,89 @@
+"""The structured wing: calibrate, select blocks, compare dense and pruned, export a smaller model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import SecateursError
+from ..evaluation.speed import compare_speed
+from ..models.adapter import Block
+from ..models.checkpoint import save_pruned
+from ..reporting.plots import plot_structured
+from ..structured.methods import Selection
+from ..structured.search import SearchStep
+from .frame import PruneResult, Run, compare
+from .spec import RunSpec
+
+SPEED_REPEATS = 5  # interleaved dense/pruned rounds: differences of a few % need more than 3
+
+
+def run_structured(spec: RunSpec) -> PruneResult:
+    run = Run.start(spec)
+    adapter, options = run.adapter, spec.options
+    dense_params = adapter.total_num_params()
+    with run.timed("search_s"):
+        windows = run.calibration()
+        if options.from_report is None:
+            selection = spec.method.select(adapter, windows, options, progress=spec.progress)
+        else:
+            selection = steps_from_report(options.from_report, options.blocks)
+    removed = [Block.parse(name) for name in selection.steps[-1].removed]
+    skipped = lambda: adapter.skipped(removed)  # noqa: E731 - the pruned variant, as a context
+
+    with run.timed("evaluation_s"):
+        calib_ppl = [math.exp(s.score) if selection.steps_score_calibration_nll else
+                     run.perplexities({"calib": windows}, lambda s=s: adapter.skipped(map(Block.parse, s.removed)),
+                                      progress=False)["calib"]["ppl"]
+                     for s in selection.steps]
+        dense_calib = run.perplexities({"calib": windows}, progress=False)["calib"]["ppl"]
+        eval_windows = run.evaluation_windows()
+        evaluation = compare(run.perplexities(eval_windows), run.perplexities(eval_windows, skipped))
+    speeds = None
+    if spec.evaluation.speed:
+        with run.timed("speed_s"):
+            speeds = compare_speed(adapter.model, {"dense": contextlib.nullcontext, "pruned": skipped}, repeats=SPEED_REPEATS)
+
+    report = run.report(
+        "structured",
+        score=selection.score_name,
+        dense_params=dense_params,
+        pruned_params=dense_params - sum(adapter.block_num_params(b) for b in removed),
+        ratio=selection.steps[-1].ratio,
+        removed_blocks=[b.name for b in sorted(removed)],
+        removal_order=[s.unit for s in selection.steps],
+        steps=[asdict(s) for s in selection.steps],
+        calibration={"dense_ppl": dense_calib, "ppl_per_step": calib_ppl, "protocol": windows.protocol},
+        evaluation=evaluation,
+        speed=speeds,
+        search_cost=selection.cost,
+    )
+    if options.from_report is not None:
+        report["recipe"] = {**selection.recipe, "from_report": str(options.from_report), "blocks": len(selection.steps)}
+    if spec.output.path is None:
+        adapter.remove_blocks(removed)
+    else:
+        def save_model(directory: Path) -> None:
+            report["export"] = save_pruned(adapter, run.lm.tokenizer, removed, directory,
+                                           {"method": spec.method.name, "removal_order": report["removal_order"]})
+            report["figures"] = plot_structured(report, directory)
+
+        run.write(report, save_model)
+    return PruneResult(run.lm, removed, report)
+
+
+def steps_from_report(path: str | os.PathLike, k: int | None) -> Selection:
+    """A saved search re-applied at level k, without searching again."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        steps = [SearchStep(**s) for s in saved["steps"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SecateursError(f"cannot read a saved search from {path}: {exc}") from exc
+    k = len(steps) if k is None else k
+    if not 1 <= k <= len(steps):
+        raise SecateursError(f"{path} holds levels 1..{len(steps)}; cannot re-apply --blocks {k}")
+    return Selection(steps[:k], {}, saved.get("score", "saved"), recipe=saved.get("recipe", {}))

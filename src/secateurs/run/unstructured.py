@@ -1,0 +1,50 @@
+"""The unstructured wing: calibrate, evaluate dense, zero weights, evaluate pruned, export dense zeros."""
+
+from __future__ import annotations
+
+from ..data import domain_sets
+from ..models.checkpoint import save_dense_zeros
+from ..unstructured.methods import Calibration, sparsity_report
+from .frame import PruneResult, Run, compare
+from .spec import RunSpec
+
+
+def run_unstructured(spec: RunSpec) -> PruneResult:
+    run = Run.start(spec)
+    method, options, data = spec.method, spec.options, spec.data
+    domain_calib, domain_eval = domain_sets(data.domain) if data.domain is not None else (None, None)
+    with run.timed("calibration_data_s"):
+        calibration = Calibration()
+        if method.uses_calibration:
+            calibration.general = run.calibration()
+        if method.uses_domain_data:
+            calibration.domain = run.calibration(data.domain_data or domain_calib, samples=data.domain_samples)
+
+    eval_windows = run.evaluation_windows(extra=(domain_eval,) if domain_eval else ())
+    with run.timed("dense_evaluation_s"):
+        dense = run.perplexities(eval_windows)
+    with run.timed("prune_s"):
+        result = method.apply(run.adapter, calibration, options, progress=spec.progress)
+    with run.timed("evaluation_s"):
+        evaluation = compare(dense, run.perplexities(eval_windows))
+    for name, entry in evaluation.items():
+        entry["role"] = "domain" if name == domain_eval else "general"
+
+    report = run.report(
+        "unstructured",
+        details={**result.details, "notes": result.notes},
+        sparsity=sparsity_report(run.adapter),
+        calibration={
+            "general": calibration.general.protocol if calibration.general is not None else None,
+            "domain": calibration.domain.protocol if calibration.domain is not None else None,
+            "domain_name": data.domain,
+            "sequential": "layer by layer; each layer is calibrated on the outputs of the already-pruned "
+                          "layers before it" if options.propagate == "pruned" else
+                          "layer by layer; each layer is calibrated on dense outputs (--propagate dense)",
+        },
+        evaluation=evaluation,
+    )
+    if spec.output.path is not None:
+        record = {"method": method.name, "pattern": result.details.get("pattern")}
+        run.write(report, lambda directory: save_dense_zeros(run.lm, directory, record), result.artifacts)
+    return PruneResult(run.lm, [], report)

@@ -1,0 +1,245 @@
+"""Structured methods: each picks residual blocks to remove as (unit x score x schedule).
+
+| method             | unit               | score                                   | schedule |
+|--------------------|--------------------|-----------------------------------------|----------|
+| blockpruner        | MHA / MLP blocks   | calibration PPL of the pruned model     | greedy   |
+| layer-search       | whole layers       | calibration PPL (SLEB-style, "- block") | greedy   |
+| one-shot-ppl       | MHA / MLP blocks   | calibration PPL, dense model ("- search") | one shot |
+| finercut           | MHA / MLP blocks   | JS divergence from the dense next-token distribution | greedy |
+| shortgpt           | layers (or blocks) | Block Influence 1 - cos(x_in, x_out)    | one shot |
+| relative-magnitude | layers (or blocks) | ||f(x)|| / ||x + f(x)||                 | one shot |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..models.adapter import Block, ModelAdapter
+from ..data import TokenWindows
+from ..errors import SecateursError
+from ..models.capture import FINAL
+from ..options import option
+from ..resources import device_of
+from .search import (
+    SearchStep,
+    Unit,
+    VariantEvaluator,
+    block_units,
+    forward_position,
+    greedy_search,
+    layer_units,
+    one_shot_ranking,
+)
+
+
+BLOCK_TYPES = ("mix", "mha", "mlp")
+UNITS = ("layer", "block")
+
+
+@dataclass
+class StructuredOptions:
+    """Options shared by the structured methods (validated on creation)."""
+
+    blocks: int | None = option(None, "remove K units (blocks or layers)")
+    ratio: float | None = option(None, "or stop at the first step whose parameter ratio reaches R")
+    block_type: str = option("mix", "block units to consider (block units only)", choices=BLOCK_TYPES)
+    batch_size: int = option(4, "windows per forward pass", run_level=True)
+    from_report: str | None = option(None, "re-apply a saved search (report.json) at level --blocks, no search")
+
+    def __post_init__(self) -> None:
+        if self.blocks is None and self.ratio is None and self.from_report is None:
+            raise SecateursError("say how much to prune: --blocks K or --ratio R")
+        if self.blocks is not None and self.blocks < 1:
+            raise SecateursError(f"--blocks must be at least 1, got {self.blocks}")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise SecateursError(f"--ratio must be in (0, 1), got {self.ratio}")
+        if self.block_type not in BLOCK_TYPES:
+            raise SecateursError(f"unknown --block-type '{self.block_type}'; choose mix, mha or mlp")
+        if self.batch_size < 1:
+            raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class SearchOptions(StructuredOptions):
+    """Methods that score variants of the model on calibration data."""
+
+    naive: bool = option(False, "reference search: a full forward per candidate")
+
+
+@dataclass
+class StatisticOptions(StructuredOptions):
+    """Methods that score units by a statistic of the dense model's residual stream."""
+
+    unit: str = option("layer", "unit to remove: whole layers or single blocks", choices=UNITS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unit not in UNITS:
+            raise SecateursError(f"unknown --unit '{self.unit}'; choose layer or block")
+
+
+@dataclass
+class Selection:
+    """What a structured method decided: nested removal sets, one per step, and what it cost."""
+
+    steps: list[SearchStep]
+    cost: dict[str, int]
+    score_name: str
+    steps_score_calibration_nll: bool = False  # step.score is the mean NLL of that step's removal set
+    recipe: dict[str, Any] = field(default_factory=dict)  # a saved search's recipe, when re-applied
+
+
+class StructuredMethod:
+    """Base: choose units, score them, schedule the removals."""
+
+    name: ClassVar[str]
+    options: ClassVar[type] = SearchOptions
+    kind: ClassVar[str] = "structured"
+    default_calibration: ClassVar[str] = "alpaca"  # BlockPruner's calibration set
+    uses_calibration: ClassVar[bool] = True
+    uses_domain_data: ClassVar[bool] = False
+    score_name: ClassVar[str] = "calibration mean NLL"
+
+    def units(self, adapter: ModelAdapter, options: StructuredOptions) -> list[Unit]:
+        return block_units(adapter, options.block_type)
+
+    def check(self, adapter: ModelAdapter, options: StructuredOptions) -> None:
+        """Fail now, before any calibration, if ``options`` cannot be met on this model."""
+        units = self.units(adapter, options)
+        if options.from_report is None and options.blocks is not None and options.blocks > len(units):
+            raise SecateursError(f"--blocks {options.blocks} is more than the {len(units)} candidate units")
+
+    def select(self, adapter: ModelAdapter, windows: TokenWindows, options: StructuredOptions,
+               progress: bool = True) -> Selection:
+        raise NotImplementedError
+
+
+class GreedyPPL(StructuredMethod):
+    """BlockPruner: greedy iterative removal of the MHA/MLP block with the lowest calibration PPL."""
+
+    name = "blockpruner"
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name, steps_score_calibration_nll=True)
+
+
+class LayerSearch(GreedyPPL):
+    """SLEB-style greedy search over whole layers by calibration PPL (BlockPruner's '- block')."""
+
+    name = "layer-search"
+
+    def units(self, adapter, options):
+        return layer_units(adapter)
+
+
+class OneShotPPL(StructuredMethod):
+    """One-shot ranking: every block scored once by calibration PPL on the dense model ('- search')."""
+
+    name = "one-shot-ppl"
+
+    score_name = "calibration mean NLL with the unit alone removed from the dense model"
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive)
+        evaluator.prepare()
+        scores = {u.name: evaluator.total(u) / evaluator.n_windows for u in units}
+        steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+
+
+def _js_loss(reference: list[torch.Tensor]):
+    """Per-window mean Jensen-Shannon divergence of next-token distributions from ``reference``."""
+
+    def loss(logits: torch.Tensor, input_ids: torch.Tensor, batch_index: int) -> torch.Tensor:
+        log_p = reference[batch_index]
+        log_q = torch.log_softmax(logits.float(), dim=-1)
+        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
+        kl_pm = F.kl_div(log_m, log_p, log_target=True, reduction="none").sum(-1)
+        kl_qm = F.kl_div(log_m, log_q, log_target=True, reduction="none").sum(-1)
+        return (0.5 * (kl_pm + kl_qm)).clamp_min(0).mean(dim=1)
+
+    return loss
+
+
+class FinerCut(StructuredMethod):
+    """FinerCut-style: greedy over MHA/MLP blocks, scored by JS divergence from the dense model's outputs."""
+
+    name = "finercut"
+
+    score_name = "mean JS divergence from the dense model"
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        with torch.no_grad():
+            device = device_of(adapter.model)
+            reference = [
+                torch.log_softmax(adapter.model(input_ids=b.to(device), use_cache=False).logits.float(), dim=-1)
+                for b in windows.input_ids.split(options.batch_size)
+            ]
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, loss=_js_loss(reference),
+                                     fast=not options.naive)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+
+
+def _unit_boundaries(adapter: ModelAdapter, unit: Unit) -> tuple[Any, Any]:
+    """State keys of the residual stream entering and leaving a unit (block or layer)."""
+    last = max(unit.blocks, key=forward_position)
+    if last.kind == "mha":
+        return unit.first, Block("mlp", last.layer)
+    return unit.first, (Block("mha", last.layer + 1) if last.layer + 1 < adapter.num_layers else FINAL)
+
+
+class OneShotStatistic(StructuredMethod):
+    """Base for one-shot scores computed from the dense model's residual stream around each unit."""
+
+    options = StatisticOptions
+
+    def units(self, adapter, options):
+        return layer_units(adapter) if options.unit == "layer" else block_units(adapter, options.block_type)
+
+    def statistic(self, x_in: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+        """Per-token score (lower = less important)."""
+        raise NotImplementedError
+
+    def select(self, adapter, windows, options, progress=True):
+        units = self.units(adapter, options)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=True)
+        states = evaluator.capture()
+        scores = {}
+        for unit in units:
+            start, end = _unit_boundaries(adapter, unit)
+            per_token = torch.cat([self.statistic(s[start].float(), s[end].float()).flatten() for s in states])
+            scores[unit.name] = per_token.double().mean().item()
+        steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
+        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+
+
+class ShortGPT(OneShotStatistic):
+    """ShortGPT Block Influence: remove the units whose output is most similar to their input."""
+
+    name = "shortgpt"
+
+    score_name = "block influence 1 - cos(x_in, x_out)"
+
+    def statistic(self, x_in, x_out):
+        return 1 - F.cosine_similarity(x_in, x_out, dim=-1)
+
+
+class RelativeMagnitude(OneShotStatistic):
+    """Relative Magnitude: ||f(x)|| / ||x + f(x)|| of the unit's residual branch f."""
+
+    name = "relative-magnitude"
+
+    score_name = "relative magnitude ||f(x)|| / ||x + f(x)||"
+
+    def statistic(self, x_in, x_out):
+        return (x_out - x_in).norm(dim=-1) / x_out.norm(dim=-1).clamp_min(1e-12)

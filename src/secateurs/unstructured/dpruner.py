@@ -1,0 +1,310 @@
+"""D-Pruner: domain-specific dual pruning (Zhang et al., NAACL 2024 Findings, arXiv 2405.06275).
+
+1. General importance G from open-domain calibration: SparseGPT's OBS saliency w^2 / d^2, block by
+   block while its prune-and-update runs at the target sparsity in the sequential pipeline; the
+   reconstructed weights are thrown away. G is saved (safetensors) and can be reused across domains.
+2. The refined loss L(W') = L_ntp(W') + lambda * sum G (W' - W)^2, gradient g' = g + 2 lambda G (W' - W).
+3. Domain importance S = sum over steps of |g' W' + (g' W')^2 / 2| (second-order Taylor, empirical
+   Fisher) on domain text, during N epochs of fused per-parameter SGD on the refined loss
+   (``steps`` >= 1) or from one pass of gradients at the original weights (``steps`` = 0).
+4. The mask: the lowest S per comparison group, applied to the ORIGINAL weights.
+
+Gradients are consumed parameter by parameter as soon as they are ready (post-accumulate-grad hooks)
+and freed, so no second full copy of the gradients ever exists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models.adapter import ModelAdapter
+from ..data import TokenWindows
+from ..errors import SecateursError
+from .masks import Pattern, select_mask
+from .obs import obs_prune
+from .sequential import run_sequential
+from .collectors import Hessian
+from ..files import Artifact
+from ..options import option
+from .methods import OBSOptions, Pruned, UnstructuredMethod, UnstructuredOptions, apply_mask
+from ..resources import device_of
+
+VARIANTS = ("paper", "code")
+IMPORTANCE_FORMAT = "secateurs-general-importance-v1"
+CODE_PENALTY_SCALE = 1 / 1000  # the authors' code: 2 lambda lr^2 G g^2 / 1000
+CODE_SQUARE_SCALE = 1 / 2000  # the authors' code: |t + t^2 / 2000 + w^3|
+GENERAL_IMPORTANCE_FILE = "general_importance.safetensors"
+
+
+@dataclass
+class DPrunerOptions(OBSOptions):
+    """D-Pruner's options (beside the sparsity pattern and OBS settings), with the authors' code's defaults."""
+
+    lam: float = option(0.1, "weight of the general-importance penalty", flag="--dpruner-lambda")
+    lr: float = option(0.03, "learning rate of the updates", flag="--dpruner-lr")
+    steps: int = option(1, "epochs of fused SGD on the domain data; 0 = one pass of gradients, no updates",
+                        flag="--dpruner-steps")
+    variant: str = option("paper", "the paper's regulariser or the authors' code's", flag="--dpruner-variant",
+                          choices=VARIANTS)
+    update_batch_size: int = option(8, "windows per update", flag="--dpruner-batch-size")
+    warmup: float = option(0.1, "fraction of the updates with a linear warm-up", flag="--dpruner-warmup")
+    clip: float = option(1.0, "global gradient-norm clip of the updates (importance uses unclipped gradients)",
+                         flag="--dpruner-clip")
+    general_importance: str | None = option(None, "reuse a saved general importance (general_importance.safetensors) "
+                                                  "instead of computing it")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            raise SecateursError(f"--dpruner-variant must be one of {', '.join(VARIANTS)}, got '{self.variant}'")
+        if self.steps < 0:
+            raise SecateursError(f"--dpruner-steps must be 0 or more, got {self.steps}")
+        if self.lam < 0 or self.lr < 0:
+            raise SecateursError("--dpruner-lambda and --dpruner-lr must be >= 0")
+        if self.update_batch_size < 1:
+            raise SecateursError(f"--dpruner-batch-size must be at least 1, got {self.update_batch_size}")
+        if not 0 <= self.warmup < 1:
+            raise SecateursError(f"--dpruner-warmup must be in [0, 1), got {self.warmup}")
+
+
+# --- step 1: general importance --------------------------------------------------------------------
+def general_importance(adapter: ModelAdapter, windows: TokenWindows, pattern: Pattern, options: UnstructuredOptions,
+                       progress: bool = True) -> dict[str, torch.Tensor]:
+    """OBS saliency of every prunable weight as SparseGPT's blocks see it; the model is left unchanged."""
+    linears = adapter.prunable_linears()
+    originals = {name: m.weight.detach().clone() for name, m in linears.items()}
+    importance: dict[str, torch.Tensor] = {}
+
+    def prune_layer(index, layer_linears, stats):
+        for name, linear in layer_linears.items():
+            result = obs_prune(linear.weight, stats[name]["hessian"].hessian, pattern, options.block_size, options.damping)
+            importance[f"layers.{index}.{name}"] = result.saliency
+            with torch.no_grad():
+                linear.weight.copy_(result.weight)  # so that later layers see pruned outputs
+
+    try:
+        run_sequential(adapter, windows, options.batch_size, lambda m: {"hessian": Hessian(m)}, prune_layer,
+                       options.propagate, progress, desc="general importance")
+    finally:
+        with torch.no_grad():
+            for name, linear in linears.items():
+                linear.weight.copy_(originals[name])
+    return importance
+
+
+def save_importance(importance: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    tmp = Path(f"{path}.tmp")
+    save_file({k: v.contiguous() for k, v in importance.items()}, str(tmp),
+              metadata={"format": IMPORTANCE_FORMAT, **metadata})
+    os.replace(tmp, path)
+
+
+def load_importance(path: str | os.PathLike, adapter: ModelAdapter) -> dict[str, torch.Tensor]:
+    """Load a saved G and check that it belongs to this model's matrices (names and shapes)."""
+    if not Path(path).is_file():
+        raise SecateursError(f"general importance file not found: {path}")
+    try:
+        importance = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise SecateursError(f"cannot read general importance from {path}: {exc}") from exc
+    linears = adapter.prunable_linears()
+    missing = sorted(set(linears) - set(importance))
+    if missing:
+        raise SecateursError(f"{path} has no importance for {missing[0]} (and {len(missing) - 1} more matrices): "
+                             "it was computed for another model")
+    for name, linear in linears.items():
+        if tuple(importance[name].shape) != tuple(linear.weight.shape):
+            raise SecateursError(f"{path}: importance of {name} has shape {tuple(importance[name].shape)}, "
+                                 f"the model's matrix has {tuple(linear.weight.shape)}: it was computed for another model")
+    return {name: importance[name].to(linears[name].weight.device) for name in linears}
+
+
+# --- steps 2 and 3: domain importance under the refined loss ------------------------------------------
+def _schedule(step: int, total: int, warmup: float, lr: float) -> float:
+    """Linear warm-up then linear decay to 0 (transformers' linear schedule)."""
+    warm = int(warmup * total)
+    if step < warm:
+        return lr * step / max(1, warm)
+    return lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+class DomainImportance:
+    """Accumulates S from the regularised gradients, one parameter at a time."""
+
+    def __init__(self, adapter: ModelAdapter, general: dict[str, torch.Tensor], options: DPrunerOptions):
+        self.options = options
+        self.targets = {m.weight: name for name, m in adapter.prunable_linears().items()}
+        self.general = general
+        self.scores = {name: torch.zeros_like(p, dtype=torch.float32) for p, name in self.targets.items()}
+        self.penalty_abs = {name: 0.0 for name in self.scores}
+        self.grad_abs = {name: 0.0 for name in self.scores}
+        self.origin: dict[str, torch.Tensor] = {}
+        self.lr_previous = 0.0
+
+    def regularised(self, param: nn.Parameter, grad: torch.Tensor, record: bool) -> torch.Tensor:
+        """g' = g + penalty gradient (paper: 2 lambda G (W' - W); code: 2 lambda lr^2 G g^2 / 1000)."""
+        name = self.targets.get(param)
+        if name is None or self.options.lam == 0:
+            penalty = None
+        elif self.options.variant == "paper":
+            penalty = (2 * self.options.lam * self.general[name] * (param.detach().float() - self.origin[name])
+                       if self.origin else None)  # at the original weights (no updates) it is 0
+        else:
+            penalty = 2 * self.options.lam * self.lr_previous ** 2 * self.general[name] * grad.pow(2) * CODE_PENALTY_SCALE
+        if record and name is not None:
+            self.grad_abs[name] += float(torch.linalg.vector_norm(grad, 1))
+            self.penalty_abs[name] += 0.0 if penalty is None else float(torch.linalg.vector_norm(penalty, 1))
+        return grad if penalty is None else penalty.add_(grad)
+
+    def accumulate(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        name = self.targets.get(param)
+        if name is None:
+            return
+        w = param.detach().float()
+        t = grad * w  # the only temporary as large as the matrix
+        if self.options.variant == "paper":
+            self.scores[name] += t.addcmul_(t, t, value=0.5).abs_()
+        else:
+            self.scores[name] += t.addcmul_(t, t, value=CODE_SQUARE_SCALE).add_(w.pow(3)).abs_()
+
+    def diagnostics(self) -> dict[str, float]:
+        """Per matrix: mean |penalty gradient| / mean |g| (does the general term matter at all?)."""
+        return {name: (self.penalty_abs[name] / self.grad_abs[name] if self.grad_abs[name] else 0.0)
+                for name in self.scores}
+
+
+def _backward_with_hooks(model: nn.Module, params: list[nn.Parameter], ids: torch.Tensor,
+                         on_grad: Callable[[nn.Parameter, torch.Tensor], None]) -> float:
+    """Forward + backward; each parameter's gradient goes to ``on_grad`` as soon as it is ready, then is freed."""
+    def hook(param: nn.Parameter) -> None:
+        on_grad(param, param.grad.float())
+        param.grad = None
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
+    try:
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return float(loss.detach())
+
+
+def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dict[str, torch.Tensor],
+                      options: DPrunerOptions, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """S for every prunable weight; the model's weights are restored before returning."""
+    model = adapter.model
+    acc = DomainImportance(adapter, general, options)
+    training = options.steps > 0
+    params = [p for p in model.parameters() if training or p in acc.targets]
+    saved_flags = {p: p.requires_grad for p in model.parameters()}
+    originals = {n: p.detach().clone() for n, p in model.named_parameters()} if training else {}
+    if training:
+        name_of = {p: n for n, p in model.named_parameters()}
+        acc.origin = {name: originals[name_of[p]].float() for p, name in acc.targets.items()}
+    device = device_of(model)
+    batches = [b.to(device) for b in windows.input_ids.split(options.update_batch_size)]
+    total_updates = max(1, options.steps) * len(batches)
+    losses: list[float] = []
+    was_training = model.training
+    model.eval()  # no dropout: the importance must not depend on random masks
+    trained = set(params)
+    for p in model.parameters():
+        p.requires_grad_(p in trained)
+    try:
+        with torch.enable_grad(), tqdm(total=total_updates, desc="domain importance", unit="step",
+                                       disable=not progress) as bar:
+            for update in range(total_updates):
+                ids = batches[update % len(batches)]
+                lr = _schedule(update, total_updates, options.warmup, options.lr)
+                norm_sq = [0.0]
+
+                def importance_step(param, grad):
+                    g = acc.regularised(param, grad, record=True)
+                    acc.accumulate(param, g)
+                    norm_sq[0] += float(torch.linalg.vector_norm(g)) ** 2
+
+                losses.append(_backward_with_hooks(model, params, ids, importance_step))
+                if training:
+                    scale = lr * min(1.0, options.clip / (math.sqrt(norm_sq[0]) + 1e-6))
+
+                    def update_step(param, grad):
+                        g = acc.regularised(param, grad, record=False)
+                        with torch.no_grad():
+                            param.sub_(scale * g.to(param.dtype))
+
+                    _backward_with_hooks(model, params, ids, update_step)
+                acc.lr_previous = lr
+                bar.set_postfix_str(f"loss {losses[-1]:.3f}")
+                bar.update(1)
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in originals:
+                    p.copy_(originals[name])
+                p.requires_grad_(saved_flags[p])
+        model.train(was_training)
+    info = {
+        "updates": total_updates if training else 0,
+        "passes": total_updates,
+        "loss_per_epoch": [sum(losses[i:i + len(batches)]) / len(batches) for i in range(0, len(losses), len(batches))],
+        "penalty_to_gradient_ratio": acc.diagnostics(),
+    }
+    return acc.scores, info
+
+
+# --- the method --------------------------------------------------------------------------------------
+class DPruner(UnstructuredMethod):
+    """D-Pruner: dual (general + domain) importance, Taylor scores under an importance-regularised loss."""
+
+    name = "dpruner"
+    options = DPrunerOptions
+    default_group = "blocks:32"
+    uses_domain_data = True
+    score_name = "|g' w + (g' w)^2 / 2| under L_ntp + lambda sum G (w' - w)^2"
+
+    def apply(self, adapter, data, options, progress=True):
+        if data.domain is None:
+            raise SecateursError("dpruner needs domain data: --domain healthcare|legal or --domain-data FILE")
+        pattern = options.pattern(adapter, self.default_group)
+        general_pattern = Pattern(pattern.target, "matrix") if pattern.nm is None else pattern
+        if options.general_importance:
+            general = load_importance(options.general_importance, adapter)
+            general_source = str(options.general_importance)
+        else:
+            if data.general is None:
+                raise SecateursError("dpruner needs general calibration data (--general-calib) or --general-importance")
+            general = general_importance(adapter, data.general, general_pattern, options, progress)
+            general_source = "computed"
+        scores, info = domain_importance(adapter, data.domain, general, options, progress)
+        for name, linear in adapter.prunable_linears().items():
+            apply_mask(linear, select_mask(scores[name], pattern))
+        ratios = info.pop("penalty_to_gradient_ratio")
+        notes = []
+        if options.steps == 0 and options.variant == "paper":
+            notes.append("--dpruner-steps 0: gradients at the original weights, where the penalty is 0, so the "
+                         "general importance has no effect on the mask")
+        if options.variant == "code":
+            notes.append("variant 'code': the authors' code's penalty (2 lambda lr^2 G g^2 / 1000) and "
+                         "accumulation |t + t^2/2000 + w^3| (float32, loss scale 1)")
+        metadata = {"model": str(adapter.model.config.name_or_path), "pattern": general_pattern.describe()}
+        saved = Artifact(GENERAL_IMPORTANCE_FILE, lambda path: save_importance(general, path, metadata))
+        details = {
+            "pattern": pattern.describe(), "score": self.score_name, "protocol": "sequential (general importance)",
+            "propagate": options.propagate, "general_importance": general_source,
+            "general_importance_pattern": general_pattern.describe(),
+            "training": info,
+            "penalty_to_gradient_ratio": {
+                "mean": sum(ratios.values()) / len(ratios), "max": max(ratios.values()), "per_matrix": ratios},
+        }
+        return Pruned(details, artifacts=[saved], notes=notes)
