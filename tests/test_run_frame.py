@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from conftest import cli_error as _err
-from secateurs import DataSpec, SecateursError, prune
+from secateurs import DataSpec, SearchOptions, SecateursError, StructuredOptions, prune
 from secateurs.cli import build_parser
 from secateurs.options import flag_of
 from secateurs.registry import METHODS, make_options
@@ -29,7 +29,7 @@ def test_an_option_the_method_does_not_take_is_one_clear_error(capsys, tiny_mode
     assert "--dpruner-lambda is not an option of sparsegpt" in _err(capsys, *base, "--method", "sparsegpt",
                                                                      "--sparsity", "0.5", "--dpruner-lambda", "1")
     assert "--unit is not an option of blockpruner" in _err(capsys, *base, "--blocks", "1", "--unit", "block")
-    with pytest.raises(SecateursError, match="wanda has no option 'blocks'"):
+    with pytest.raises(SecateursError, match="wanda: UnstructuredOptions has no setting 'blocks'"):
         make_options("wanda", {"sparsity": 0.5, "blocks": 2})
 
 
@@ -51,6 +51,16 @@ def test_what_can_fail_on_the_model_fails_before_any_calibration(method, options
         prune(str(tiny_model_dir), method, options, data=DataSpec(data_dir=data_dir), progress=False)
 
 
-def test_specs_given_as_dicts_are_checked():
-    with pytest.raises(SecateursError, match="unknown DataSpec setting 'sample'"):
+def test_specs_given_as_dicts_are_checked_and_parsed():
+    with pytest.raises(SecateursError, match="DataSpec has no setting 'sample'"):
         prune("unused", "blockpruner", {"blocks": 1}, data={"sample": 3})
+    assert make_options("wanda", {"nm": "2:4"}).nm == (2, 4)  # strings go through the field's parser
+    with pytest.raises(SecateursError, match="--nm must look like N:M"):
+        make_options("wanda", {"nm": "half"})
+    promoted = make_options("blockpruner", StructuredOptions(blocks=6))  # a base class's instance is promoted
+    assert isinstance(promoted, SearchOptions) and promoted.blocks == 6 and promoted.naive is False
+
+
+def test_structured_methods_refuse_domain_data_they_would_ignore(capsys, tiny_model_dir, data_dir):
+    err = _err(capsys, "prune", str(tiny_model_dir), "--blocks", "1", "--domain", "healthcare", "--data-dir", str(data_dir))
+    assert "blockpruner does not use domain data" in err

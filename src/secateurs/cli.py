@@ -1,4 +1,4 @@
-"""Command line: ``secateurs eval | data | methods``. Errors become one line and exit status 2."""
+"""Command line: ``secateurs prune | eval | data | methods``. Errors become one line and exit status 2."""
 
 from __future__ import annotations
 
@@ -67,10 +67,10 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         if not fields:
             continue
         users = sorted(name for name, method in METHODS.items() if issubclass(method.options, cls))
-        title = (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace(" (validated on creation)", "").rstrip(".")
+        title = (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
         group = parser.add_argument_group(f"{title} ({', '.join(users)})")
         for f in fields:
-            flag, dest, help = flag_of(f), OPTION_DEST + f.name, f.metadata["help"]
+            flag, dest, help = flag_of(f), OPTION_DEST + f.name, f.metadata.get("help", "")
             if hints[f.name] is bool:
                 group.add_argument(flag, action="store_true", dest=dest, default=argparse.SUPPRESS, help=help)
                 continue
@@ -82,21 +82,19 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
 
 def _method_options(args: argparse.Namespace) -> Any:
     """The chosen method's typed options from the flags given; a flag it does not take is an error."""
-    cls = get_method(args.method).options
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(get_method(args.method).options)}
     values: dict[str, Any] = {}
     for dest, value in vars(args).items():
         if not dest.startswith(OPTION_DEST):
             continue
         name = dest[len(OPTION_DEST):]
         if name not in fields:
-            flag = "--" + name.replace("_", "-")
-            flag = next((flag_of(f) for c in _option_classes() for f in own_fields(c) if f.name == name), flag)
+            flag = next(flag_of(f) for c in _option_classes() for f in own_fields(c) if f.name == name)
             raise SecateursError(f"{flag} is not an option of {args.method} (see `secateurs prune --help`)")
-        parse = fields[name].metadata.get("parse")
-        values[name] = parse(value) if parse else value
-    if "batch_size" in fields:
-        values["batch_size"] = args.batch_size
+        values[name] = value
+    for f in fields.values():
+        if f.metadata.get("run_level"):  # one flag for the run fills it (--batch-size)
+            values[f.name] = getattr(args, f.name)
     return make_options(args.method, values)
 
 
@@ -229,11 +227,8 @@ def _cmd_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
-    methods = list_methods()
-    if not methods:
-        print("no pruning methods are registered yet")
-    for m in methods:
-        print(f"{m['name']:<14} {m['kind']:<12} {m['summary']}")
+    for m in list_methods():
+        print(f"{m['name']:<19} {m['kind']:<12} {m['options']:<20} {m['summary']}")
 
 
 def _silence_transformers() -> None:

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from .errors import SecateursError
 
@@ -103,7 +103,26 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
 
 @dataclass
 class Artifact:
-    """A file a method produces beside the model (D-Pruner's general importance), written on export."""
+    """Tensors a method produces beside the model (D-Pruner's general importance), saved on export as
+    safetensors with their metadata (plus the model they belong to)."""
 
-    name: str
-    save: Callable[[Path], None]  # writes the file at the path it is given
+    name: str  # file name inside the output directory
+    tensors: dict[str, Any]
+    metadata: dict[str, str]
+
+
+def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Save tensors as safetensors through a temporary file in the same folder, then rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        _public_mode(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import SecateursError
+from .options import build
 from .structured.methods import FinerCut, GreedyPPL, LayerSearch, OneShotPPL, RelativeMagnitude, ShortGPT
 from .unstructured.dpruner import DPruner
 from .unstructured.methods import Magnitude, SparseGPT, Wanda
@@ -28,24 +29,12 @@ def get_method(name: str) -> Any:
 
 
 def make_options(name: str, options: Any = None) -> Any:
-    """The typed options of method ``name`` from an options object or a dict of field values."""
+    """The typed options of method ``name`` from an options object, a dict of field values, or None."""
     cls = get_method(name).options
-    if isinstance(options, cls):
-        return options
-    if options is not None and not isinstance(options, dict):
-        raise SecateursError(f"{name} takes {cls.__name__}, not {type(options).__name__}")
-    values = dict(options or {})
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SecateursError(f"{name} has no option '{unknown[0]}'; its options: {', '.join(sorted(known))}")
-    return cls(**values)
-
-
-def option_classes() -> list[type]:
-    """Every distinct options class, bases before the classes built on them (the CLI's groups)."""
-    classes = {cls.options for cls in METHODS.values()}
-    return sorted(classes, key=lambda c: (len(c.__mro__), c.__name__))
+    try:
+        return build(cls, options)
+    except SecateursError as exc:
+        raise SecateursError(f"{name}: {exc}") from exc
 
 
 def list_methods() -> list[dict[str, Any]]:

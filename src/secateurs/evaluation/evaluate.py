@@ -1,4 +1,4 @@
-"""The Python API; the CLI is a thin layer over these functions."""
+"""``evaluate``: perplexity, tasks and speed of one model, with the protocol of every number."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from ..data import token_windows
 from ..errors import SecateursError
+from ..options import build
 from ..models.loading import LoadedModel, load_model
 from .perplexity import DEFAULT_BATCH_SIZE, perplexity
 from .scoring import run_task
@@ -41,7 +42,10 @@ def legalbench_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
 
 @dataclass
 class EvalSettings:
-    """How to evaluate: windows for perplexity, rows of tasks, speed, the backend (validated on creation)."""
+    """How to evaluate: windows for perplexity, rows of tasks, speed, the backend.
+
+    Validated on creation.
+    """
 
     seqlen: int = PAPER_SEQLEN  # perplexity window length
     max_windows: int | None = None
@@ -64,6 +68,7 @@ class EvalSettings:
 def evaluate(
     model: LoadedModel | str,
     ppl: Sequence[str] = ("wikitext2",),
+    *,
     tasks: Sequence[str] = (),
     settings: EvalSettings | dict | None = None,
     log_samples: list[dict] | None = None,
@@ -77,7 +82,7 @@ def evaluate(
     rows (``limit`` = first N, ``sample`` = a seeded subset), speed and backend; ``log_samples``
     receives every item's log-likelihoods and prediction.
     """
-    s = settings if isinstance(settings, EvalSettings) else EvalSettings(**(settings or {}))
+    s = build(EvalSettings, settings)
     if not ppl and not tasks and s.speed is None:
         raise SecateursError("nothing to evaluate: name a perplexity dataset, a task or --speed")
     task_data = {name: load_task(name, s.data_dir, limit=s.limit, sample=s.sample, seed=s.seed) for name in tasks}

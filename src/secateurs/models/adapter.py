@@ -164,9 +164,14 @@ class ModelAdapter:
         """The prunable projections of one decoder layer (q, k, v, o, gate, up, down), by relative name."""
         return {name: m for name, m in self.layers[index].named_modules() if isinstance(m, nn.Linear)}
 
+    @staticmethod
+    def linear_name(layer: int, name: str) -> str:
+        """The model-wide name of layer ``layer``'s projection ``name`` (as saved importance files key it)."""
+        return f"layers.{layer}.{name}"
+
     def prunable_linears(self) -> dict[str, nn.Linear]:
         """Every prunable projection, named ``layers.{i}.{relative name}`` (embeddings and head excluded)."""
-        return {f"layers.{i}.{name}": m for i in range(self.num_layers) for name, m in self.layer_linears(i).items()}
+        return {self.linear_name(i, name): m for i in range(self.num_layers) for name, m in self.layer_linears(i).items()}
 
     # --- parameter counts (tied embeddings counted once) ---------------------------------------
     def block_num_params(self, block: Block) -> int:

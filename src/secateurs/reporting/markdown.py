@@ -60,8 +60,7 @@ def render_unstructured(report: dict[str, Any]) -> str:
     for note in details.get("notes", []):
         lines.append(f"Note: {note}.")
     lines += ["", "Per matrix sparsity (first layer):", ""]
-    first = {k: v for k, v in sparsity["per_matrix"].items() if k.startswith("layers.0.")}
-    lines += [f"- {k}: {100 * v:.2f}%" for k, v in first.items()]
+    lines += [f"- {k}: {100 * v:.2f}%" for k, v in sparsity["first_layer"].items()]
     lines += [""] + _footer(report)
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 from ..data import TokenWindows, token_windows
 from ..evaluation.perplexity import perplexity
-from ..files import Artifact, atomic_directory, write_json_atomic, write_text_atomic
+from ..files import Artifact, atomic_directory, save_tensors_atomic, write_json_atomic, write_text_atomic
 from ..models.adapter import ModelAdapter
 from ..models.loading import LoadedModel, load_model
 from ..options import as_dict
@@ -56,12 +56,13 @@ class Run:
             self.timings[key] = time.perf_counter() - start
 
     # --- data ------------------------------------------------------------------------------------
-    def calibration(self, name: str | None = None, samples: int | None = None) -> TokenWindows:
-        """Calibration windows of ``name`` (default: the run's set, else the method's default)."""
+    def calibration(self, name: str | None, samples: int | None) -> TokenWindows:
+        """Calibration windows of ``name`` (None: the run's set, else the method's default), ``samples``
+        documents drawn with the run's seed (None: all of them)."""
         data = self.spec.data
         return token_windows(name or data.calib or self.spec.method.default_calibration, self.lm.tokenizer,
-                             data.seqlen, data_dir=data.data_dir, samples=data.samples if samples is None else samples,
-                             seed=data.seed, text_field=data.text_field)
+                             data.seqlen, data_dir=data.data_dir, samples=samples, seed=data.seed,
+                             text_field=data.text_field)
 
     def evaluation_windows(self, extra: tuple[str, ...] = ()) -> dict[str, TokenWindows]:
         """Windows of every perplexity set to compare on (the run's, then ``extra`` ones not among them)."""
@@ -96,7 +97,8 @@ class Run:
         with atomic_directory(out.path, overwrite=out.overwrite) as tmp:
             save_model(tmp)
             for artifact in artifacts:
-                artifact.save(tmp / artifact.name)
+                save_tensors_atomic(tmp / artifact.name, artifact.tensors,
+                                    {**artifact.metadata, "model": str(self.lm.source.get("spec"))})
             if artifacts:
                 report["artifacts"] = [a.name for a in artifacts]
             write_json_atomic(tmp / "report.json", report)

@@ -26,8 +26,9 @@ def prune(
 ) -> PruneResult:
     """Prune ``model`` with ``method``; optionally export it with its report (``output``).
 
-    ``options`` are the method's typed options (``StructuredOptions(blocks=6)``, ``UnstructuredOptions(
-    sparsity=0.5)``, ``DPrunerOptions(...)``; see ``secateurs methods``) or a dict of them. Structured
+    ``options`` are the method's typed options (``SearchOptions(blocks=6)`` for BlockPruner,
+    ``UnstructuredOptions(sparsity=0.5)`` for Wanda, ``DPrunerOptions(...)``; ``secateurs methods`` names
+    each method's class) or a dict of them. Structured
     methods remove blocks; unstructured ones zero weights. Everything that can be checked before the
     model loads is checked first.
     """

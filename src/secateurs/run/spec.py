@@ -6,7 +6,6 @@ its options, the domain, the output path), so that a mistake costs a second, not
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ from ..errors import SecateursError
 from ..evaluation.perplexity import DEFAULT_BATCH_SIZE
 from ..files import check_output_path
 from ..models.loading import LoadedModel
+from ..options import build
 from ..registry import get_method, make_options
 
 
@@ -40,9 +40,13 @@ class EvalSpec:
 
     ppl: Sequence[str] = ("wikitext2",)
     seqlen: int | None = None  # default: the calibration window length
-    max_windows: int | None = 8
+    max_windows: int | None = None  # None: every window of each set
     batch_size: int = DEFAULT_BATCH_SIZE
     speed: bool = False  # decode tokens/s, dense vs pruned (structured methods)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -71,10 +75,13 @@ class RunSpec:
               evaluation: Any = None, output: Any = None, **settings: Any) -> "RunSpec":
         """Check and assemble a run; ``options`` etc. may be the spec objects or plain dicts."""
         chosen = get_method(method)
-        spec = cls(model, chosen, make_options(method, options), _as(DataSpec, data), _as(EvalSpec, evaluation),
-                   _as(OutputSpec, output), **settings)
+        spec = cls(model, chosen, make_options(method, options), build(DataSpec, data), build(EvalSpec, evaluation),
+                   build(OutputSpec, output), **settings)
         if spec.data.domain is not None:
             domain_sets(spec.data.domain)  # an unknown domain fails here, before loading anything
+        if chosen.kind == "structured" and (spec.data.domain or spec.data.domain_data):
+            raise SecateursError(f"{method} does not use domain data: drop --domain / --domain-data "
+                                 "(measure a domain with --eval-ppl healthcare:test)")
         if spec.evaluation.speed and chosen.kind != "structured":
             raise SecateursError(f"{method} zeros weights, which dense kernels run no faster: drop --speed "
                                  "(secateurs eval DIR --speed measures any model)")
@@ -83,17 +90,3 @@ class RunSpec:
         if spec.output.path is not None:
             check_output_path(spec.output.path, spec.output.overwrite)
         return spec
-
-
-def _as(cls: type, value: Any) -> Any:
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise SecateursError(f"unknown {cls.__name__} setting '{unknown[0]}'; known: {', '.join(sorted(names))}")
-        return cls(**value)
-    raise SecateursError(f"expected a {cls.__name__} or a dict, got {type(value).__name__}")

@@ -27,7 +27,7 @@ def run_structured(spec: RunSpec) -> PruneResult:
     adapter, options = run.adapter, spec.options
     dense_params = adapter.total_num_params()
     with run.timed("search_s"):
-        windows = run.calibration()
+        windows = run.calibration(None, spec.data.samples)
         if options.from_report is None:
             selection = spec.method.select(adapter, windows, options, progress=spec.progress)
         else:

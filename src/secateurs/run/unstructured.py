@@ -16,9 +16,9 @@ def run_unstructured(spec: RunSpec) -> PruneResult:
     with run.timed("calibration_data_s"):
         calibration = Calibration()
         if method.uses_calibration:
-            calibration.general = run.calibration()
+            calibration.general = run.calibration(None, data.samples)
         if method.uses_domain_data:
-            calibration.domain = run.calibration(data.domain_data or domain_calib, samples=data.domain_samples)
+            calibration.domain = run.calibration(data.domain_data or domain_calib, data.domain_samples)
 
     eval_windows = run.evaluation_windows(extra=(domain_eval,) if domain_eval else ())
     with run.timed("dense_evaluation_s"):

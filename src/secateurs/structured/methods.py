@@ -42,7 +42,10 @@ UNITS = ("layer", "block")
 
 @dataclass
 class StructuredOptions:
-    """Options shared by the structured methods (validated on creation)."""
+    """Options shared by the structured methods.
+
+    Validated on creation; the CLI shows the first line as the title of their group.
+    """
 
     blocks: int | None = option(None, "remove K units (blocks or layers)")
     ratio: float | None = option(None, "or stop at the first step whose parameter ratio reaches R")

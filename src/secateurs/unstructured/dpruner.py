@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,9 +34,9 @@ from .masks import Pattern, select_mask
 from .obs import obs_prune
 from .sequential import run_sequential
 from .collectors import Hessian
-from ..files import Artifact
+from ..files import Artifact, save_tensors_atomic
 from ..options import option
-from .methods import OBSOptions, Pruned, UnstructuredMethod, UnstructuredOptions, apply_mask
+from .methods import OBSOptions, Pruned, UnstructuredMethod, apply_mask
 from ..resources import device_of
 
 VARIANTS = ("paper", "code")
@@ -78,7 +78,7 @@ class DPrunerOptions(OBSOptions):
 
 
 # --- step 1: general importance --------------------------------------------------------------------
-def general_importance(adapter: ModelAdapter, windows: TokenWindows, pattern: Pattern, options: UnstructuredOptions,
+def general_importance(adapter: ModelAdapter, windows: TokenWindows, pattern: Pattern, options: OBSOptions,
                        progress: bool = True) -> dict[str, torch.Tensor]:
     """OBS saliency of every prunable weight as SparseGPT's blocks see it; the model is left unchanged."""
     linears = adapter.prunable_linears()
@@ -88,7 +88,7 @@ def general_importance(adapter: ModelAdapter, windows: TokenWindows, pattern: Pa
     def prune_layer(index, layer_linears, stats):
         for name, linear in layer_linears.items():
             result = obs_prune(linear.weight, stats[name]["hessian"].hessian, pattern, options.block_size, options.damping)
-            importance[f"layers.{index}.{name}"] = result.saliency
+            importance[adapter.linear_name(index, name)] = result.saliency
             with torch.no_grad():
                 linear.weight.copy_(result.weight)  # so that later layers see pruned outputs
 
@@ -103,10 +103,7 @@ def general_importance(adapter: ModelAdapter, windows: TokenWindows, pattern: Pa
 
 
 def save_importance(importance: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    tmp = Path(f"{path}.tmp")
-    save_file({k: v.contiguous() for k, v in importance.items()}, str(tmp),
-              metadata={"format": IMPORTANCE_FORMAT, **metadata})
-    os.replace(tmp, path)
+    save_tensors_atomic(path, importance, {"format": IMPORTANCE_FORMAT, **metadata})
 
 
 def load_importance(path: str | os.PathLike, adapter: ModelAdapter) -> dict[str, torch.Tensor]:
@@ -297,8 +294,8 @@ class DPruner(UnstructuredMethod):
         if options.variant == "code":
             notes.append("variant 'code': the authors' code's penalty (2 lambda lr^2 G g^2 / 1000) and "
                          "accumulation |t + t^2/2000 + w^3| (float32, loss scale 1)")
-        metadata = {"model": str(adapter.model.config.name_or_path), "pattern": general_pattern.describe()}
-        saved = Artifact(GENERAL_IMPORTANCE_FILE, lambda path: save_importance(general, path, metadata))
+        saved = Artifact(GENERAL_IMPORTANCE_FILE, general,
+                         {"format": IMPORTANCE_FORMAT, "pattern": general_pattern.describe()})
         details = {
             "pattern": pattern.describe(), "score": self.score_name, "protocol": "sequential (general importance)",
             "propagate": options.propagate, "general_importance": general_source,

@@ -34,7 +34,10 @@ SPARSITY_OF = ("matrices", "all")
 
 @dataclass
 class UnstructuredOptions:
-    """Options shared by the unstructured methods (validated on creation)."""
+    """Options shared by the unstructured methods.
+
+    Validated on creation; the CLI shows the first line as the title of their group.
+    """
 
     sparsity: float | None = option(None, "fraction of weights to zero, in (0, 1)")
     nm: tuple[int, int] | None = option(None, "or N:M sparsity, e.g. 2:4 (keep N of every M)", parse=parse_nm)
@@ -227,4 +230,7 @@ def sparsity_report(adapter: ModelAdapter) -> dict[str, Any]:
         "zeros": zeros,
         "prunable_params": total,
         "per_matrix": per_matrix,
+        "per_layer": [sum(int((m.weight == 0).sum()) for m in adapter.layer_linears(i).values())
+                      / sum(m.weight.numel() for m in adapter.layer_linears(i).values()) for i in range(adapter.num_layers)],
+        "first_layer": {name: per_matrix[adapter.linear_name(0, name)] for name in adapter.layer_linears(0)},
     }
