@@ -41,7 +41,7 @@ def test_eval_tiny_model_writes_json_with_protocol(capsys, tiny_model_dir, data_
     "argv, fragments",
     [
         (["eval", "no-such-model"], ["unknown model 'no-such-model'", "smollm2-135m"]),
-        (["eval", "nobody/missing-model"], ["could not load 'nobody/missing-model'"]),
+        (["eval", "nobody/missing-model"], ["'nobody/missing-model' is not in the local Hugging Face cache"]),
         (["eval", "./missing/dir"], ["model path not found"]),
     ],
 )

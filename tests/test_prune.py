@@ -129,7 +129,11 @@ def test_bad_prune_input(capsys, tiny_model_dir, data_dir, tmp_path):
     assert "--ratio must be in (0, 1)" in _err(capsys, *base, "--ratio", "1.5")
     assert "--blocks K or --ratio R" in _err(capsys, *base)
     assert "unknown method 'sleb'" in _err(capsys, *base, "--method", "sleb", "--blocks", "1")
-    assert "need at least 4096" in _err(capsys, *base[:-4], "--seqlen", "4096", "--samples", "1", "--blocks", "1")
+    assert "longer than the 256 positions" in _err(capsys, *base[:-4], "--seqlen", "4096", "--samples", "1", "--blocks", "1")
+    short = tmp_path / "short.txt"
+    short.write_text("a few words\n")
+    assert "need at least 200" in _err(capsys, *base[:-4], "--calib", str(short), "--seqlen", "200", "--samples", "1",
+                                       "--blocks", "1")
     (tmp_path / "exists").mkdir()
     assert "already exists" in _err(capsys, *base, "--blocks", "1", "--out", str(tmp_path / "exists"))
 
@@ -153,7 +157,8 @@ def test_calibration_ppl_per_step_is_that_of_the_nested_set(method, tiny_model_d
     from secateurs.data import token_windows
     from secateurs.evaluation.perplexity import perplexity
 
-    result = _prune(str(tiny_model_dir), method=method, blocks=3, data_dir=data_dir, eval_ppl=())
+    blocks = 2 if method == "shortgpt" else 3  # shortgpt removes layers: 3 would be all of them
+    result = _prune(str(tiny_model_dir), method=method, blocks=blocks, data_dir=data_dir, eval_ppl=())
     model = load_pruned(tiny_model_dir).model  # the dense model again
     adapter = ModelAdapter(model)
     windows = token_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=20, seed=0)

@@ -48,7 +48,7 @@ def test_what_can_fail_on_the_model_fails_before_any_calibration(method, options
 
     monkeypatch.setattr(frame, "token_windows", no_calibration)
     with pytest.raises(SecateursError, match=message):
-        prune(str(tiny_model_dir), method, options, data=DataSpec(data_dir=data_dir), progress=False)
+        prune(str(tiny_model_dir), method, options, data=DataSpec(seqlen=32, data_dir=data_dir), progress=False)
 
 
 def test_specs_given_as_dicts_are_checked_and_parsed():
@@ -64,3 +64,37 @@ def test_specs_given_as_dicts_are_checked_and_parsed():
 def test_structured_methods_refuse_domain_data_they_would_ignore(capsys, tiny_model_dir, data_dir):
     err = _err(capsys, "prune", str(tiny_model_dir), "--blocks", "1", "--domain", "healthcare", "--data-dir", str(data_dir))
     assert "blockpruner does not use domain data" in err
+
+
+def test_every_pruned_directory_holds_a_recipe_that_runs_it_again(capsys, tiny_model_dir, data_dir, tmp_path):
+    import json
+
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from secateurs.cli import main
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["--quiet", "prune", str(tiny_model_dir), "--method", "wanda", "--nm", "2:4", "--calib", "c4",
+                 "--samples", "2", "--seqlen", "32", "--eval-max-windows", "1", "--data-dir", str(data_dir),
+                 "--out", str(first)]) == 0
+    recipe = yaml.safe_load((first / "recipe.yaml").read_text())
+    assert recipe["method"] == "wanda" and recipe["options"]["nm"] == "2:4" and recipe["data"]["calib"] == "c4"
+    assert main(["--quiet", "prune", "--recipe", str(first / "recipe.yaml"), "--out", str(again)]) == 0
+    a, b = AutoModelForCausalLM.from_pretrained(first), AutoModelForCausalLM.from_pretrained(again)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    reports = [json.loads((d / "report.json").read_text()) for d in (first, again)]
+    assert reports[0]["evaluation"]["wikitext2"]["pruned_ppl"] == reports[1]["evaluation"]["wikitext2"]["pruned_ppl"]
+
+
+def test_a_recipe_is_validated_before_anything_runs(capsys, tiny_model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {tiny_model_dir}\nmethod: blockpruner\noptions: {{blocks: 1}}\nbatch: 3\n")
+    assert "unknown key 'batch'" in _err(capsys, "prune", "--recipe", str(recipe))
+    recipe.write_text(f"model: {tiny_model_dir}\nmethod: blockpruner\noptions: {{blocks: 1, naiv: true}}\n")
+    assert "SearchOptions has no setting 'naiv'" in _err(capsys, "prune", "--recipe", str(recipe))
+    recipe.write_text(f"model: {tiny_model_dir}\nmethod: blockpruner\noptions: {{blocks: 1}}\n")
+    assert "--seqlen cannot be combined with --recipe" in _err(capsys, "prune", "--recipe", str(recipe), "--seqlen", "64")
+    recipe.write_text("model: [unclosed\n")
+    assert "cannot read the recipe" in _err(capsys, "prune", "--recipe", str(recipe))

@@ -6,13 +6,14 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import typing
 from typing import Any, Sequence
 
 from . import __version__
-from .data import describe_data
-from .errors import SecateursError
+from .data import DATA_DIR_ENV, describe_data, resolve_data_dir
+from .errors import SecateursError, Terminated
 from .evaluation.evaluate import PAPER_SEQLEN, EvalSettings, evaluate
 from .evaluation.perplexity import DEFAULT_BATCH_SIZE
 from .evaluation.tasks import SUITES, task_names
@@ -20,11 +21,17 @@ from .files import check_output_path, write_json_atomic, write_text_atomic
 from .options import flag_of, own_fields
 from .registry import METHODS, get_method, list_methods, make_options
 from .reporting.markdown import render_comparison, render_results
-from .run.prune import prune
-from .run.spec import DataSpec, EvalSpec, OutputSpec
+from .run.prune import prune, run_spec
+from .run.spec import DataSpec, EvalSpec, OutputSpec, RunSpec
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so that every temporary output is removed on the way out."""
+    raise Terminated()
 
 
 def _comma_list(value: str) -> list[str]:
@@ -129,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(ev)
 
     pr = sub.add_parser("prune", help="prune a model: remove blocks (structured) or zero weights (unstructured)")
-    pr.add_argument("model", help="built-in alias, .gguf file, model directory or org/name hub id")
+    pr.add_argument("model", nargs="?", help="built-in alias, .gguf file, model directory or org/name hub id "
+                                             "(with --recipe: replaces the recipe's model)")
+    pr.add_argument("--recipe", help="run the settings of this recipe.yaml (every pruned directory has one); "
+                                     "only a MODEL, --out, --overwrite and --quiet may be added")
     pr.add_argument("--method", default="blockpruner", help="see `secateurs methods` (default blockpruner)")
     pr.add_argument("--calib", "--general-calib", dest="calib",
                     help="(general) calibration set or .txt/.jsonl file (default: alpaca for structured methods, "
@@ -197,27 +207,51 @@ def _print_unstructured(report: dict) -> None:
         print(f"{name} PPL {ev['dense_ppl']:.3f} -> {ev['pruned_ppl']:.3f}")
 
 
+RECIPE_COMPANIONS = {"--recipe", "--out", "--overwrite", "-q", "--quiet"}  # flags allowed with --recipe
+
+
+def _recipe_spec(args: argparse.Namespace, output: OutputSpec) -> RunSpec:
+    """The run of ``--recipe``; any other setting on the command line is refused (edit the recipe)."""
+    given = [a.split("=", 1)[0] for a in args.argv if a.startswith("-")]
+    extra = [flag for flag in given if flag not in RECIPE_COMPANIONS]
+    if extra:
+        raise SecateursError(f"{extra[0]} cannot be combined with --recipe: the recipe holds every setting "
+                             "(edit it, or drop --recipe)")
+    return RunSpec.from_recipe(args.recipe, model=args.model, output=output, progress=not args.quiet)
+
+
 def _cmd_prune(args: argparse.Namespace) -> None:
+    output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv])
+    if args.recipe:
+        _report_prune(run_spec(_recipe_spec(args, output)).report, args.out)
+        return
+    if args.model is None:
+        raise SecateursError("say which model to prune (an alias, a .gguf file, a directory or a hub id), or --recipe FILE")
     data = DataSpec(calib=args.calib, samples=args.samples, seqlen=args.seqlen, seed=args.seed, data_dir=args.data_dir,
                     text_field=args.text_field, domain=args.domain, domain_data=args.domain_data,
                     domain_samples=args.domain_samples)
     evaluation = EvalSpec(ppl=args.eval_ppl, seqlen=args.eval_seqlen, max_windows=args.eval_max_windows,
                           batch_size=args.batch_size, speed=args.speed)
-    output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv])
     result = prune(args.model, args.method, _method_options(args), data, evaluation, output, dtype=args.dtype,
                    device=args.device, progress=not args.quiet)
-    report = result.report
+    _report_prune(result.report, args.out)
+
+
+def _report_prune(report: dict, out: str | None) -> None:
     if report["kind"] == "unstructured":
         _print_unstructured(report)
     else:
-        print(f"{args.method}: removed {', '.join(report['removal_order'])} (in this order)")
+        print(f"{report['method']}: removed {', '.join(report['removal_order'])} (in this order)")
         print(render_comparison(report))
-    if args.out:
-        print(f"wrote {args.out} (model, report.json, report.md)")
+    if out:
+        print(f"wrote {out} (model, recipe.yaml, report.json, report.md)")
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
     rows = describe_data(args.data_dir)
+    if resolve_data_dir(args.data_dir) is None:
+        print(f"no data directory: pass --data-dir DIR or set ${DATA_DIR_ENV} (the named sets are read from it; "
+              "without one, wikitext2, ptb and alpaca come from the Hugging Face hub when online)")
     for row in rows:
         mark = "ok" if row["available"] else "--"
         default = " (default)" if row["default"] else ""
@@ -249,14 +283,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
         _silence_transformers()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         COMMANDS[args.command](args)
     except SecateursError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Terminated:
+        print("terminated (SIGTERM); nothing half-written was left behind", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

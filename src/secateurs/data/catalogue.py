@@ -211,6 +211,32 @@ def _from_hub(name: str, split: str) -> DocumentSet:
     return DocumentSet(name, split, docs, {f"hf://{path}/{config or ''}/{splits[split]}": "hub"})
 
 
+def check_source(spec: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Fail now, without reading it, if ``spec`` (a named set, ``name:split`` or a file) cannot be read."""
+    path = Path(spec).expanduser()
+    if path.suffix in (".txt", ".jsonl", ".json") or path.exists():
+        if not path.is_file():
+            raise SecateursError(f"data file not found: {path}")
+        return
+    name, split = _parse_spec(spec)
+    if name not in NAMED_SETS:
+        raise SecateursError(
+            f"unknown dataset '{name}'; named sets: {', '.join(NAMED_SETS)} (or a .txt/.jsonl file path)"
+        )
+    named = NAMED_SETS[name]
+    split = split or named.default_split
+    if split not in named.splits:
+        raise SecateursError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(named.splits)}")
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        if name not in HUB_SOURCES or split not in HUB_SOURCES[name][2]:
+            _from_hub(name, split)  # raises the error that explains what is missing
+        return
+    missing = [rel for rel in named.splits[split].files if not (root / rel).is_file()]
+    if missing:
+        raise SecateursError(f"data file not found: {root / missing[0]} (is the data directory right?)")
+
+
 def load_documents(spec: str, data_dir: str | os.PathLike | None = None, text_field: str = "text") -> DocumentSet:
     """Documents of a named set (``wikitext2``, ``pubmedqa:test``) or a local .txt/.jsonl file."""
     path = Path(spec).expanduser()

@@ -89,7 +89,7 @@ def read_jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SecateursError(f"{path}:{number}: malformed JSON ({exc.msg})") from exc
+                raise SecateursError(f"{path}:{number}: malformed JSON: {exc.msg} at column {exc.colno}") from exc
             if not isinstance(row, dict):
                 raise SecateursError(f"{path}:{number}: expected a JSON object per line")
             yield number, row

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data import TokenWindows
 from ..resources import device_of, dtype_name
+from ..errors import SecateursError
 
 DEFAULT_BATCH_SIZE = 4
 
@@ -54,6 +55,10 @@ def perplexity(
 ) -> dict[str, Any]:
     """Token perplexity of ``model`` on ``windows``, with the protocol of the number."""
     nlls = window_nlls(model, windows, batch_size=batch_size, progress=progress)
+    bad = (~torch.isfinite(nlls)).nonzero().flatten().tolist()
+    if bad:
+        raise SecateursError(f"perplexity on {windows.protocol.get('dataset', 'the windows')}: the loss of window "
+                             f"{bad[0]} (of {len(nlls)}) is {nlls[bad[0]].item()}; the model computes NaN or inf")
     mean_nll = nlls.double().mean().item()
     return {
         "metric": "token_perplexity",

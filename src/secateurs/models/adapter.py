@@ -127,6 +127,11 @@ class ModelAdapter:
 
     # --- structure -----------------------------------------------------------------------------
     @property
+    def max_positions(self) -> int:
+        """The longest sequence the model was trained for (``max_position_embeddings``)."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 2**31 - 1)
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers)
 

@@ -7,6 +7,8 @@ sha256) so that later loads take a fraction of a second.
 from __future__ import annotations
 
 import difflib
+import json
+import socket
 import logging
 import os
 import re
@@ -46,15 +48,24 @@ class LoadedModel:
         return dtype_of(self.model)
 
 
+DEVICE_TYPES = ("cpu", "cuda")  # what the pipelines are tested on
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SecateursError(f"device '{device}' requested but no CUDA device is available")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError as exc:
         raise SecateursError(f"unknown device '{device}' (use auto, cpu or cuda[:N])") from exc
+    if chosen.type not in DEVICE_TYPES:
+        raise SecateursError(f"device '{device}' is not supported (use auto, cpu or cuda[:N])")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SecateursError(f"device '{device}' requested but no CUDA device is available")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise SecateursError(f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return chosen
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -70,14 +81,40 @@ def _from_pretrained(path_or_id: str, what: str, **kwargs: Any) -> tuple[Any, An
     """Load model, tokenizer and transformers' loading info; any failure becomes one SecateursError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, gguf_file=kwargs.get("gguf_file"))
-        model, info = AutoModelForCausalLM.from_pretrained(path_or_id, output_loading_info=True, **kwargs)
+    local = {"local_files_only": True} if kwargs.pop("offline", False) else {}
+    try:  # never run code shipped with a model (auto_map): trust_remote_code is always False
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, gguf_file=kwargs.get("gguf_file"),
+                                                  trust_remote_code=False, **local)
+        model, info = AutoModelForCausalLM.from_pretrained(path_or_id, output_loading_info=True,
+                                                           trust_remote_code=False, **local, **kwargs)
     except Exception as exc:  # noqa: BLE001 - arbitrary files raise anything (SafetensorError, struct.error, ...)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SecateursError(f"could not load {what}: {first_line}") from exc
     model.eval()
+    check_finite(model, what)
     return model, tokenizer, info
+
+
+def check_finite(model: Any, what: str) -> None:
+    """A weight holding NaN or inf (a corrupted file) is an error naming the tensor, not a ``PPL nan``."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise SecateursError(f"{what}: weight {name} holds NaN or inf values (is the file corrupted?)")
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """A directory whose config maps its classes to its own Python files (``auto_map``) is refused."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text())
+        except ValueError as exc:
+            raise SecateursError(f"{file} is not valid JSON ({exc})") from exc
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise SecateursError(f"{path} asks to run its own code ({name} has auto_map); secateurs never runs "
+                                 "code shipped with a model")
 
 
 def _dequantised_cache(gguf: Path, digest: str) -> Path:
@@ -121,6 +158,7 @@ def _load_directory(path: Path, dtype: torch.dtype, device: torch.device, source
             f"{path} is not a model directory: it has no config.json"
             + (f" and {len(ggufs)} GGUF files (name one)" if ggufs else "")
         )
+    _refuse_remote_code(path)
     pruning = pruning_record(path)
     removed = removed_blocks(pruning)
     if not removed:
@@ -138,6 +176,27 @@ def _load_directory(path: Path, dtype: torch.dtype, device: torch.device, source
     restore_removed(model, removed, info.get("missing_keys", []), path)
     source.update(kind="pruned-directory", path=str(path), pruning=pruning)
     return LoadedModel(model.to(device), tokenizer, source)
+
+
+HUB_HOST = ("huggingface.co", 443)
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be used: not ``HF_HUB_OFFLINE``, and one connection attempt works."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def load_pruned(path: str | os.PathLike, dtype: str = "auto", device: str = "auto") -> LoadedModel:
@@ -166,7 +225,12 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
         return _load_gguf(path, torch_dtype, dev, source)
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep in spec.strip("/")
     if _HUB_ID.match(spec) and not path.parent.is_dir():
-        model, tokenizer, _ = _from_pretrained(spec, f"'{spec}' from the Hugging Face hub or its local cache", dtype=torch_dtype)
+        offline = not hub_reachable()
+        if offline and not _in_hub_cache(spec):
+            raise SecateursError(f"'{spec}' is not in the local Hugging Face cache and the hub cannot be reached "
+                                 "(offline?); pass a local directory, a .gguf file or a built-in alias")
+        model, tokenizer, _ = _from_pretrained(spec, f"'{spec}' from the Hugging Face hub or its local cache",
+                                               dtype=torch_dtype, offline=offline)
         source.update(kind="hub")
         return LoadedModel(model.to(dev), tokenizer, source)
     close = difflib.get_close_matches(spec, list(BUILTIN_MODELS), n=1)

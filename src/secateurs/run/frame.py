@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 from ..data import TokenWindows, token_windows
+from ..errors import SecateursError
 from ..evaluation.perplexity import perplexity
-from ..files import Artifact, atomic_directory, save_tensors_atomic, write_json_atomic, write_text_atomic
+from ..files import Artifact, atomic_directory, check_free_space, save_tensors_atomic, write_json_atomic, write_text_atomic
 from ..models.adapter import ModelAdapter
 from ..models.loading import LoadedModel, load_model
 from ..options import as_dict
 from ..reporting.markdown import render_markdown
 from ..reporting.provenance import environment
 from ..resources import peak_memory
-from .spec import RunSpec
+from .spec import RECIPE_FILE, RunSpec
 
 
 @dataclass
@@ -44,6 +45,12 @@ class Run:
         model = spec.model
         lm = load_model(model, dtype=spec.dtype, device=spec.device) if isinstance(model, str) else model
         run = cls(spec, lm, ModelAdapter(lm.model), {"load_s": time.perf_counter() - start})
+        if spec.output.path is not None:  # the weights' size is known now: refuse a disk too small for them
+            check_free_space(spec.output.path, sum(p.numel() * p.element_size() for p in lm.model.parameters()))
+        longest = max(spec.data.seqlen, spec.evaluation.seqlen or 0)
+        if longest > run.adapter.max_positions:
+            raise SecateursError(f"a window of {longest} tokens is longer than the {run.adapter.max_positions} "
+                                 "positions the model was trained for (config max_position_embeddings)")
         spec.method.check(run.adapter, spec.options)  # what can fail on this model fails before calibration
         return run
 
@@ -101,8 +108,17 @@ class Run:
                                     {**artifact.metadata, "model": str(self.lm.source.get("spec"))})
             if artifacts:
                 report["artifacts"] = [a.name for a in artifacts]
+            write_text_atomic(tmp / RECIPE_FILE, recipe_text(self.spec))
             write_json_atomic(tmp / "report.json", report)
             write_text_atomic(tmp / "report.md", render_markdown(report))
+
+
+def recipe_text(spec: RunSpec) -> str:
+    """recipe.yaml: the run's every setting, with a first line that says how to run it again."""
+    import yaml
+
+    header = f"# secateurs recipe: `secateurs prune --recipe {RECIPE_FILE} --out DIR` runs this again\n"
+    return header + yaml.safe_dump(spec.to_recipe(), sort_keys=False)
 
 
 def compare(dense: dict[str, dict[str, Any]], pruned: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

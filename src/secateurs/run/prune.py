@@ -32,6 +32,10 @@ def prune(
     methods remove blocks; unstructured ones zero weights. Everything that can be checked before the
     model loads is checked first.
     """
-    spec = RunSpec.build(model, method, options, data, evaluation, output, dtype=dtype, device=device,
-                         progress=progress)
+    return run_spec(RunSpec.build(model, method, options, data, evaluation, output, dtype=dtype, device=device,
+                                  progress=progress))
+
+
+def run_spec(spec: RunSpec) -> PruneResult:
+    """Run a checked spec (from :func:`prune`, or from a recipe: ``RunSpec.from_recipe``)."""
     return WINGS[spec.method.kind](spec)

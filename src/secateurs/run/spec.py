@@ -6,11 +6,14 @@ its options, the domain, the output path), so that a mistake costs a second, not
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..data import domain_sets
+from .. import __version__
+from ..data import check_source, domain_sets
 from ..errors import SecateursError
 from ..evaluation.perplexity import DEFAULT_BATCH_SIZE
 from ..files import check_output_path
@@ -33,6 +36,13 @@ class DataSpec:
     domain_data: str | None = None  # or a file of domain text
     domain_samples: int | None = 64
 
+    def __post_init__(self) -> None:
+        if self.seqlen < 2:
+            raise SecateursError(f"--seqlen must be at least 2 tokens, got {self.seqlen}")
+        for flag, value in (("--samples", self.samples), ("--domain-samples", self.domain_samples)):
+            if value is not None and value < 1:
+                raise SecateursError(f"{flag} must be at least 1, got {value}")
+
 
 @dataclass
 class EvalSpec:
@@ -47,6 +57,10 @@ class EvalSpec:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.seqlen is not None and self.seqlen < 2:
+            raise SecateursError(f"--eval-seqlen must be at least 2 tokens, got {self.seqlen}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise SecateursError(f"--eval-max-windows must be at least 1, got {self.max_windows}")
 
 
 @dataclass
@@ -56,6 +70,24 @@ class OutputSpec:
     path: str | os.PathLike | None = None
     overwrite: bool = False
     command: list[str] | None = None  # recorded in the report
+
+
+RECIPE_FILE = "recipe.yaml"
+RECIPE_KEYS = {"secateurs", "model", "method", "options", "data", "evaluation", "dtype", "device"}
+
+
+def plain(settings: Any) -> dict[str, Any]:
+    """A dataclass's fields as YAML-friendly values (paths as text, N:M as ``"2:4"``, sequences as lists)."""
+    out = {}
+    for name, value in dataclasses.asdict(settings).items():
+        if isinstance(value, os.PathLike):
+            value = str(value)
+        elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+            value = f"{value[0]}:{value[1]}"
+        elif isinstance(value, (tuple, list)):
+            value = list(value)
+        out[name] = value
+    return out
 
 
 @dataclass
@@ -87,6 +119,51 @@ class RunSpec:
                                  "(secateurs eval DIR --speed measures any model)")
         if chosen.uses_domain_data and spec.data.domain is None and spec.data.domain_data is None:
             raise SecateursError(f"{method} needs domain data: --domain healthcare|legal or --domain-data FILE")
+        for source in spec.sources():  # every data set named, found before the model loads
+            check_source(source, spec.data.data_dir)
         if spec.output.path is not None:
             check_output_path(spec.output.path, spec.output.overwrite)
         return spec
+
+    # --- recipes: every setting of a run in one YAML file -------------------------------------------------
+    def to_recipe(self) -> dict[str, Any]:
+        """The run as a recipe: what ``secateurs prune --recipe FILE --out DIR`` needs to run it again."""
+        model = self.model if isinstance(self.model, str) else self.model.source.get("spec")
+        return {"secateurs": __version__, "model": model, "method": self.method.name,
+                "options": plain(self.options), "data": plain(self.data), "evaluation": plain(self.evaluation),
+                "dtype": self.dtype, "device": self.device}
+
+    @classmethod
+    def from_recipe(cls, path: str | os.PathLike, model: str | None = None, output: OutputSpec | None = None,
+                    progress: bool = True) -> "RunSpec":
+        """A run from a recipe file (``model`` replaces the recipe's); unknown keys are refused."""
+        import yaml
+
+        try:
+            recipe = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SecateursError(f"cannot read the recipe {path}: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(recipe, dict):
+            raise SecateursError(f"the recipe {path} is not a mapping of settings")
+        unknown = sorted(set(recipe) - RECIPE_KEYS)
+        if unknown:
+            raise SecateursError(f"the recipe {path} has an unknown key '{unknown[0]}'; known: {', '.join(sorted(RECIPE_KEYS))}")
+        for key in ("model", "method"):
+            if key not in recipe and not (key == "model" and model):
+                raise SecateursError(f"the recipe {path} does not say which {key} to use")
+        return cls.build(model or str(recipe["model"]), str(recipe["method"]), recipe.get("options"),
+                         recipe.get("data"), recipe.get("evaluation"), output, dtype=recipe.get("dtype", "auto"),
+                         device=recipe.get("device", "auto"), progress=progress)
+
+    def domain_sets(self) -> tuple[str | None, str | None]:
+        """(domain calibration, held-out domain evaluation) of the run, where it has them."""
+        data = self.data
+        calib, held_out = domain_sets(data.domain) if data.domain is not None else (None, None)
+        return data.domain_data or calib, held_out
+
+    def sources(self) -> list[str]:
+        """Every data set the run reads: calibration, domain calibration, evaluation."""
+        method, domain_calib, held_out = self.method, *self.domain_sets()
+        names = [self.data.calib or method.default_calibration] if method.uses_calibration else []
+        names += [domain_calib] if method.uses_domain_data and domain_calib else []
+        return names + [*self.evaluation.ppl, *([held_out] if held_out else [])]

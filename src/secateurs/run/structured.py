@@ -33,6 +33,9 @@ def run_structured(spec: RunSpec) -> PruneResult:
         else:
             selection = steps_from_report(options.from_report, options.blocks)
     removed = [Block.parse(name) for name in selection.steps[-1].removed]
+    if len(removed) == 2 * adapter.num_layers:
+        raise SecateursError(f"{spec.method.name} would remove every block: no decoder layer would be left "
+                             "(ask for fewer --blocks or a smaller --ratio)")
     skipped = lambda: adapter.skipped(removed)  # noqa: E731 - the pruned variant, as a context
 
     with run.timed("evaluation_s"):

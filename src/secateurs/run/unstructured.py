@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..data import domain_sets
 from ..models.checkpoint import save_dense_zeros
 from ..unstructured.methods import Calibration, sparsity_report
 from .frame import PruneResult, Run, compare
@@ -12,13 +11,13 @@ from .spec import RunSpec
 def run_unstructured(spec: RunSpec) -> PruneResult:
     run = Run.start(spec)
     method, options, data = spec.method, spec.options, spec.data
-    domain_calib, domain_eval = domain_sets(data.domain) if data.domain is not None else (None, None)
+    domain_calib, domain_eval = spec.domain_sets()
     with run.timed("calibration_data_s"):
         calibration = Calibration()
         if method.uses_calibration:
             calibration.general = run.calibration(None, data.samples)
         if method.uses_domain_data:
-            calibration.domain = run.calibration(data.domain_data or domain_calib, data.domain_samples)
+            calibration.domain = run.calibration(domain_calib, data.domain_samples)
 
     eval_windows = run.evaluation_windows(extra=(domain_eval,) if domain_eval else ())
     with run.timed("dense_evaluation_s"):

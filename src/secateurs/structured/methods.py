@@ -115,6 +115,9 @@ class StructuredMethod:
         units = self.units(adapter, options)
         if options.from_report is None and options.blocks is not None and options.blocks > len(units):
             raise SecateursError(f"--blocks {options.blocks} is more than the {len(units)} candidate units")
+        if options.from_report is None and options.blocks is not None and options.blocks * max(
+                len(u.blocks) for u in units) >= 2 * adapter.num_layers:
+            raise SecateursError(f"--blocks {options.blocks} would remove every decoder layer: nothing would be left")
 
     def select(self, adapter: ModelAdapter, windows: TokenWindows, options: StructuredOptions,
                progress: bool = True) -> Selection:

@@ -232,6 +232,9 @@ def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dic
                     norm_sq[0] += float(torch.linalg.vector_norm(g)) ** 2
 
                 losses.append(_backward_with_hooks(model, params, ids, importance_step))
+                if not math.isfinite(losses[-1]):
+                    raise SecateursError(f"D-Pruner: the loss at update {update + 1} of {total_updates} is {losses[-1]} "
+                                         "(try a smaller --dpruner-lr)")
                 if training:
                     scale = lr * min(1.0, options.clip / (math.sqrt(norm_sq[0]) + 1e-6))
 
