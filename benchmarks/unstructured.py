@@ -33,7 +33,7 @@ pattern = {pattern!r}
 options = {{"nm": parse_nm(pattern)}} if ":" in pattern else {{"sparsity": float(pattern)}}
 if {method!r} == "dpruner":
     options.update(steps={args.dpruner_steps}, update_batch_size={args.dpruner_batch_size})
-data = DataSpec(calib="c4", samples={args.samples}, seqlen={args.seqlen}, domain={args.domain!r},
+data = DataSpec(calib=None if {method!r} == "magnitude" else "c4", samples={args.samples}, seqlen={args.seqlen}, domain={args.domain!r},
                 domain_samples={args.domain_samples}, data_dir={args.data_dir!r})
 evaluation = EvalSpec(ppl=["wikitext2"], seqlen={args.eval_seqlen}, max_windows={args.eval_max_windows})
 report = prune({args.model!r}, {method!r}, options, data, evaluation, progress=False).report

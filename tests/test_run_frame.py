@@ -29,6 +29,9 @@ def test_an_option_the_method_does_not_take_is_one_clear_error(capsys, tiny_mode
     assert "--dpruner-lambda is not an option of sparsegpt" in _err(capsys, *base, "--method", "sparsegpt",
                                                                      "--sparsity", "0.5", "--dpruner-lambda", "1")
     assert "--unit is not an option of blockpruner" in _err(capsys, *base, "--blocks", "1", "--unit", "block")
+    assert "--sparsity is not an option of blockpruner" in _err(capsys, *base, "--blocks", "1", "--sparsity", "0.5")
+    assert "magnitude uses no calibration data" in _err(capsys, *base, "--method", "magnitude", "--sparsity", "0.5",
+                                                        "--calib", "c4")
     with pytest.raises(SecateursError, match="wanda: UnstructuredOptions has no setting 'blocks'"):
         make_options("wanda", {"sparsity": 0.5, "blocks": 2})
 

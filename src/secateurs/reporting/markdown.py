@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from ..models.adapter import Block
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -61,6 +62,8 @@ def render_unstructured(report: dict[str, Any]) -> str:
         lines.append(f"Note: {note}.")
     lines += ["", "Per matrix sparsity (first layer):", ""]
     lines += [f"- {k}: {100 * v:.2f}%" for k, v in sparsity["first_layer"].items()]
+    for figure in report.get("figures", []):
+        lines += ["", f"![{figure}]({figure})"]
     lines += [""] + _footer(report)
     return "\n".join(lines) + "\n"
 
@@ -72,7 +75,7 @@ def render_structured(report: dict[str, Any]) -> str:
     lines = [
         f"# {report['method']} on {report['model'].get('spec')}",
         "",
-        f"Removed {len(report['removed_blocks'])} blocks: {report['dense_params']:,} -> "
+        f"Removed {removed_summary(report['removed_blocks'])}: {report['dense_params']:,} -> "
         f"{report['pruned_params']:,} parameters (ratio {100 * report['ratio']:.2f}%, all parameters counted).",
         f"Score: {report['score']}.",
         "",
@@ -98,12 +101,71 @@ def render_structured(report: dict[str, Any]) -> str:
         f"Calibration: {proto['dataset']} ({proto['split']}), {proto['documents']} documents "
         f"(seed {proto['seed']}), {proto['windows']} windows x {proto['seqlen']} tokens, "
         f"token sha256 {proto['token_sha256'][:16]}...",
-        f"Search cost: {json.dumps(report['search_cost'])}",
+        *search_cost_table(report),
+        "",
         *_footer(report),
     ]
     for figure in report.get("figures", []):
         lines += ["", f"![{figure}]({figure})"]
     return "\n".join(lines) + "\n"
+
+
+def removed_summary(removed_blocks: list[str]) -> str:
+    """'2 whole layers and 3 attention blocks': whole layers named as such, then single blocks by kind."""
+    blocks = [Block.parse(name) for name in removed_blocks]
+    kinds_of: dict[int, set[str]] = {}
+    for block in blocks:
+        kinds_of.setdefault(block.layer, set()).add(block.kind)
+    whole = sorted(layer for layer, kinds in kinds_of.items() if len(kinds) == 2)
+    single = [b for b in blocks if b.layer not in whole]
+    parts = [_count(len(whole), "whole layer")] if whole else []
+    for kind, noun in (("mha", "attention block"), ("mlp", "MLP block")):
+        n = sum(b.kind == kind for b in single)
+        if n:
+            parts.append(_count(n, noun))
+    return " and ".join(parts) or "nothing"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def naive_cost(report: dict[str, Any]) -> dict[str, int] | None:
+    """What a full forward per candidate would have cost for the same search (None: not recorded)."""
+    windows = report["calibration"]["protocol"]["windows"]
+    layers = report.get("export", {}).get("original_num_layers") or _num_layers(report)
+    blocks = head = 0
+    removed_before = 0
+    for step in report["steps"]:
+        if not step.get("candidates"):
+            return None
+        for name in step["candidates"]:
+            size = 2 if name.startswith("layer.") else 1
+            blocks += windows * (2 * layers - removed_before - size)
+            head += windows
+        removed_before = len(step["removed"])
+    return {"block_window_evals": blocks, "head_window_evals": head}
+
+
+def _num_layers(report: dict[str, Any]) -> int:
+    names = [n for s in report["steps"] for n in s["removed"]]
+    return 1 + max(Block.parse(n).layer for n in names)
+
+
+def search_cost_table(report: dict[str, Any]) -> list[str]:
+    """The search's work in block and LM-head evaluations (over one window each), beside the naive cost."""
+    cost = report.get("search_cost") or {}
+    if not cost:
+        return ["Search cost: none (a saved search re-applied)."]
+    naive = naive_cost(report)
+    lines = ["", "| search cost (x one window) | this run | naive: a full forward per candidate |", "|---|---:|---:|"]
+    for key, label in (("block_window_evals", "block evaluations"), ("head_window_evals", "LM-head evaluations")):
+        lines.append(f"| {label} | {cost.get(key, 0):,} | {f'{naive[key]:,}' if naive else 'n/a'} |")
+    if cost.get("bound_window_evals"):
+        lines.append(f"| lower bounds (partial LM head) | {cost['bound_window_evals']:,} | 0 |")
+    lines.append(f"| candidates completed / abandoned early | {cost.get('completed', 0):,} / {cost.get('abandoned', 0):,} | "
+                 f"{cost.get('completed', 0) + cost.get('abandoned', 0):,} / 0 |")
+    return lines
 
 
 def comparison_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -126,7 +188,7 @@ def render_comparison(report: dict[str, Any]) -> str:
     rows = [("", "dense", "pruned"), *comparison_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
-    lines.append(f"ratio removed: {100 * report['ratio']:.2f}% of all parameters")
+    lines.append(f"removed {removed_summary(report['removed_blocks'])}: {100 * report['ratio']:.2f}% of all parameters")
     return "\n".join(lines)
 
 

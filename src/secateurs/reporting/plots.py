@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+LOG_AXIS_SPAN = 10  # a log PPL axis when the values span more than this factor
+
 
 def plot_structured(report: dict[str, Any], directory: Path) -> list[str]:
     """removed_blocks.png (layer x kind grid, numbered by step) and ppl_vs_ratio.png; returns file names."""
@@ -33,20 +35,42 @@ def plot_structured(report: dict[str, Any], directory: Path) -> list[str]:
     fig.savefig(directory / "removed_blocks.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ratios = [0.0] + [100 * s["ratio"] for s in report["steps"]]
     ppl = [report["calibration"]["dense_ppl"]] + list(report["calibration"]["ppl_per_step"])
-    ax.plot(ratios, ppl, marker="o", label="calibration")
-    for name, ev in report.get("evaluation", {}).items():
-        ax.plot([0, ratios[-1]], [ev["dense_ppl"], ev["pruned_ppl"]], marker="s", linestyle="--", label=name)
+    ax.plot(ratios, ppl, marker="o", label=f"calibration ({report['calibration']['protocol']['dataset']}), every step")
+    measured = list(ppl)
+    for name, ev in report.get("evaluation", {}).items():  # measured on the dense and the final model only
+        ax.plot([0, ratios[-1]], [ev["dense_ppl"], ev["pruned_ppl"]], marker="s", linestyle="none", label=name)
+        measured += [ev["dense_ppl"], ev["pruned_ppl"]]
+    if max(measured) / min(measured) > LOG_AXIS_SPAN:
+        ax.set_yscale("log")
     ax.set_xlabel("parameter ratio removed (%)")
     ax.set_ylabel("perplexity")
-    ax.legend()
-    ax.set_title(report["method"])
+    ax.legend(fontsize=8)
+    ax.set_title(f"{report['method']} on {report['model'].get('spec')}", fontsize=10)
     fig.tight_layout()
     fig.savefig(directory / "ppl_vs_ratio.png", dpi=120)
     plt.close(fig)
     return ["removed_blocks.png", "ppl_vs_ratio.png"]
+
+
+def plot_unstructured(report: dict[str, Any], directory: Path) -> list[str]:
+    """sparsity_per_layer.png: the achieved sparsity of every decoder layer's matrices; returns file names."""
+    per_layer = report["sparsity"]["per_layer"]
+    fig, ax = plt.subplots(figsize=(max(5, len(per_layer) * 0.25), 3))
+    ax.bar(range(len(per_layer)), [100 * s for s in per_layer], color="tab:blue")
+    ax.axhline(100 * report["sparsity"]["over_pruned_matrices"], color="0.3", linestyle="--", linewidth=1,
+               label="over all pruned matrices")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("zeros (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{report['method']} on {report['model'].get('spec')}: {report['details'].get('pattern')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(directory / "sparsity_per_layer.png", dpi=120)
+    plt.close(fig)
+    return ["sparsity_per_layer.png"]
 
 
 def _layers(report: dict[str, Any]) -> int:

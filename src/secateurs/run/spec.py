@@ -117,6 +117,8 @@ class RunSpec:
         if spec.evaluation.speed and chosen.kind != "structured":
             raise SecateursError(f"{method} zeros weights, which dense kernels run no faster: drop --speed "
                                  "(secateurs eval DIR --speed measures any model)")
+        if not chosen.uses_calibration and spec.data.calib is not None:
+            raise SecateursError(f"{method} uses no calibration data: drop --calib")
         if chosen.uses_domain_data and spec.data.domain is None and spec.data.domain_data is None:
             raise SecateursError(f"{method} needs domain data: --domain healthcare|legal or --domain-data FILE")
         for source in spec.sources():  # every data set named, found before the model loads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..models.checkpoint import save_dense_zeros
+from ..reporting.plots import plot_unstructured
 from ..unstructured.methods import Calibration, sparsity_report
 from .frame import PruneResult, Run, compare
 from .spec import RunSpec
@@ -45,5 +46,9 @@ def run_unstructured(spec: RunSpec) -> PruneResult:
     )
     if spec.output.path is not None:
         record = {"method": method.name, "pattern": result.details.get("pattern")}
-        run.write(report, lambda directory: save_dense_zeros(run.lm, directory, record), result.artifacts)
+        def save_model(directory):
+            save_dense_zeros(run.lm, directory, record)
+            report["figures"] = plot_unstructured(report, directory)
+
+        run.write(report, save_model, result.artifacts)
     return PruneResult(run.lm, [], report)

@@ -265,6 +265,11 @@ def _stop_reached(step: int, ratio: float, max_steps: int | None, target_ratio: 
     return (max_steps is not None and step >= max_steps) or (target_ratio is not None and ratio >= target_ratio)
 
 
+def _candidates_to_score(units: list[Unit], steps: int) -> int:
+    """Candidates a greedy search over disjoint units scores in ``steps`` steps: U + (U - 1) + ..."""
+    return sum(len(units) - s for s in range(min(steps, len(units))))
+
+
 def greedy_search(
     adapter: ModelAdapter,
     units: list[Unit],
@@ -279,7 +284,8 @@ def greedy_search(
     steps: list[SearchStep] = []
     previous: dict[str, float] = {}
     total_steps = max_steps or len(units)
-    bar = tqdm(total=total_steps, desc="search", unit="step", disable=not progress)
+    # Progress counts candidates (each step scores every unit not yet removed), so the ETA is honest.
+    bar = tqdm(total=_candidates_to_score(units, total_steps), desc="search", unit="cand", disable=not progress)
     try:
         while True:
             candidates = [u for u in units if not set(u.blocks) & set(removed)]
@@ -299,7 +305,10 @@ def greedy_search(
                     totals[candidates[i].name] = total
                     if total is not None and (total < best_total or (total == best_total and i < best_index)):
                         best_total, best_index = total, i
-                    bar.set_postfix_str(f"best {candidates[best_index].name} ppl {math.exp(best_total / evaluator.n_windows):.3f}")
+                    bar.update(1)
+                    if best_index >= 0:
+                        bar.set_postfix_str(f"step {len(steps) + 1}/{total_steps}, best {candidates[best_index].name} "
+                                            f"ppl {math.exp(best_total / evaluator.n_windows):.3f}")
             chosen = candidates[best_index]
             removed.extend(chosen.blocks)
             ratio = removal_ratio(adapter, removed, dense)
@@ -313,7 +322,6 @@ def greedy_search(
                 seconds=time.perf_counter() - start,
             ))
             previous = {k: v for k, v in totals.items() if v is not None}
-            bar.update(1)
             if _stop_reached(len(steps), ratio, max_steps, target_ratio):
                 break
     finally:
