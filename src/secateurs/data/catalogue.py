@@ -211,13 +211,14 @@ def _from_hub(name: str, split: str) -> DocumentSet:
     return DocumentSet(name, split, docs, {f"hf://{path}/{config or ''}/{splits[split]}": "hub"})
 
 
-def check_source(spec: str, data_dir: str | os.PathLike | None = None) -> None:
-    """Fail now, without reading it, if ``spec`` (a named set, ``name:split`` or a file) cannot be read."""
+FILE_SUFFIXES = (".txt", ".jsonl", ".json")
+
+
+def _resolve_spec(spec: str) -> tuple[Path | None, NamedSet | None, str | None]:
+    """A local file's path, or the named set and split ``spec`` names (an unknown name or split is an error)."""
     path = Path(spec).expanduser()
-    if path.suffix in (".txt", ".jsonl", ".json") or path.exists():
-        if not path.is_file():
-            raise SecateursError(f"data file not found: {path}")
-        return
+    if path.suffix in FILE_SUFFIXES or path.exists():
+        return path, None, None
     name, split = _parse_spec(spec)
     if name not in NAMED_SETS:
         raise SecateursError(
@@ -227,10 +228,20 @@ def check_source(spec: str, data_dir: str | os.PathLike | None = None) -> None:
     split = split or named.default_split
     if split not in named.splits:
         raise SecateursError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(named.splits)}")
+    return None, named, split
+
+
+def check_source(spec: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Fail now, without reading it, if ``spec`` (a named set, ``name:split`` or a file) cannot be read."""
+    path, named, split = _resolve_spec(spec)
+    if path is not None:
+        if not path.is_file():
+            raise SecateursError(f"data file not found: {path}")
+        return
     root = resolve_data_dir(data_dir)
     if root is None:
-        if name not in HUB_SOURCES or split not in HUB_SOURCES[name][2]:
-            _from_hub(name, split)  # raises the error that explains what is missing
+        if named.name not in HUB_SOURCES or split not in HUB_SOURCES[named.name][2]:
+            _from_hub(named.name, split)  # raises the error that explains what is missing
         return
     missing = [rel for rel in named.splits[split].files if not (root / rel).is_file()]
     if missing:
@@ -239,25 +250,16 @@ def check_source(spec: str, data_dir: str | os.PathLike | None = None) -> None:
 
 def load_documents(spec: str, data_dir: str | os.PathLike | None = None, text_field: str = "text") -> DocumentSet:
     """Documents of a named set (``wikitext2``, ``pubmedqa:test``) or a local .txt/.jsonl file."""
-    path = Path(spec).expanduser()
-    if path.suffix in (".txt", ".jsonl", ".json") or path.exists():
+    path, named, split = _resolve_spec(spec)
+    if path is not None:
         return load_file(path, text_field)
-    name, split = _parse_spec(spec)
-    if name not in NAMED_SETS:
-        raise SecateursError(
-            f"unknown dataset '{name}'; named sets: {', '.join(NAMED_SETS)} (or a .txt/.jsonl file path)"
-        )
-    named = NAMED_SETS[name]
-    split = split or named.default_split
-    if split not in named.splits:
-        raise SecateursError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(named.splits)}")
     root = resolve_data_dir(data_dir)
     if root is None:
-        return _from_hub(name, split)
+        return _from_hub(named.name, split)
     entry = named.splits[split]
     docs = entry.read(root)
     files = {rel: sha256_file(root / rel) for rel in entry.files}
-    return DocumentSet(name, split, docs, files, str(root.resolve()))
+    return DocumentSet(named.name, split, docs, files, str(root.resolve()))
 
 
 def describe_data(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
