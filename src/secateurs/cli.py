@@ -17,6 +17,8 @@ from .errors import SecateursError, Terminated
 from .evaluation.evaluate import PAPER_SEQLEN, EvalSettings, evaluate
 from .evaluation.perplexity import DEFAULT_BATCH_SIZE
 from .evaluation.tasks import SUITES, task_names
+from .export import FORMATS as EXPORT_FORMATS, export
+from .export.gguf import GGUF_TYPES
 from .files import check_output_path, write_json_atomic, write_text_atomic
 from .options import flag_of, own_fields
 from .registry import METHODS, get_method, list_methods, make_options
@@ -158,8 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--speed", action="store_true", help="also measure decode tokens/s, dense vs pruned (structured methods)")
     pr.add_argument("--out", help="write the pruned model, report.json and report.md to this directory")
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pr.add_argument("--format", default="hf", help="hf (default), or gguf: also model.gguf for llama.cpp in --out")
+    pr.add_argument("--gguf-type", default="f32", help=f"with --format gguf: {', '.join(GGUF_TYPES)} (default f32)")
     _add_model_options(pr)
     _add_data_options(pr)
+
+    ex = sub.add_parser("export", help="export a pruned directory for an inference engine (hf, gguf for llama.cpp)")
+    ex.add_argument("directory", help="a directory written by `secateurs prune`")
+    ex.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
+    ex.add_argument("--out", required=True, help="the file (gguf) or directory (hf) to write")
+    ex.add_argument("--gguf-type", default="f32", help=f"GGUF tensor type: {', '.join(GGUF_TYPES)} (default f32)")
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     da = sub.add_parser("data", help="list the named datasets and where they resolve")
     _add_data_options(da)
@@ -207,7 +218,7 @@ def _print_unstructured(report: dict) -> None:
         print(f"{name} PPL {ev['dense_ppl']:.3f} -> {ev['pruned_ppl']:.3f}")
 
 
-RECIPE_COMPANIONS = {"--recipe", "--out", "--overwrite", "-q", "--quiet"}  # flags allowed with --recipe
+RECIPE_COMPANIONS = {"--recipe", "--out", "--overwrite", "-q", "--quiet", "--format", "--gguf-type"}  # flags allowed with --recipe
 
 
 def _recipe_spec(args: argparse.Namespace, output: OutputSpec) -> RunSpec:
@@ -221,7 +232,8 @@ def _recipe_spec(args: argparse.Namespace, output: OutputSpec) -> RunSpec:
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
-    output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv])
+    output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv], format=args.format,
+                        gguf_type=args.gguf_type)
     if args.recipe:
         _report_prune(run_spec(_recipe_spec(args, output)).report, args.out)
         return
@@ -244,7 +256,14 @@ def _report_prune(report: dict, out: str | None) -> None:
         print(f"{report['method']}: removed {', '.join(report['removal_order'])} (in this order)")
         print(render_comparison(report))
     if out:
-        print(f"wrote {out} (model, recipe.yaml, report.json, report.md)")
+        gguf = ", model.gguf for llama.cpp" if report.get("gguf") else ""
+        print(f"wrote {out} (model{gguf}, recipe.yaml, report.json, report.md)")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    record = export(args.directory, args.format, args.out, gguf_type=args.gguf_type, overwrite=args.overwrite)
+    details = f" ({record['architecture']}, {record['gguf_type']}, {record['layers']} layers)" if args.format == "gguf" else ""
+    print(f"wrote {args.out}{details}")
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
@@ -273,7 +292,7 @@ def _silence_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-COMMANDS = {"eval": _cmd_eval, "prune": _cmd_prune, "data": _cmd_data, "methods": _cmd_methods}
+COMMANDS = {"eval": _cmd_eval, "prune": _cmd_prune, "export": _cmd_export, "data": _cmd_data, "methods": _cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

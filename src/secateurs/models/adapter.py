@@ -19,7 +19,7 @@ from torch import nn
 
 from ..compat import find_cache
 from ..errors import SecateursError
-from .families import SUPPORTED_FAMILIES, BlockKind, layout_from_structure
+from .families import PROJECTIONS, SUPPORTED_FAMILIES, BlockKind, layout_from_structure
 
 BLOCK_KINDS: tuple[BlockKind, ...] = ("mha", "mlp")
 
@@ -44,6 +44,23 @@ class Block:
 
     def __str__(self) -> str:
         return self.name
+
+
+@dataclass(frozen=True)
+class Dimensions:
+    """What a model's config says about its shapes (the same names for every family)."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    norm_eps: float
+    rope_theta: float
+    rope_type: str
+    max_positions: int
+    vocab: int
+    tied: bool
 
 
 class SkippedAttention(nn.Module):
@@ -159,6 +176,29 @@ class ModelAdapter:
 
     def removed_blocks(self) -> list[Block]:
         return [b for b in self.blocks() if self.is_removed(b)]
+
+    def projection(self, layer: int, role: str) -> nn.Linear | None:
+        """Layer ``layer``'s projection ``role`` (q, k, v, o, gate, up, down); None if its block was removed."""
+        kind, name = PROJECTIONS[role]
+        block = Block(kind, layer)  # type: ignore[arg-type]
+        return None if self.is_removed(block) else getattr(self.submodule(block), name)
+
+    def norm(self, block: Block) -> nn.Module:
+        """The norm a block applies to the residual stream before its branch (its first norm)."""
+        return self.entry_module(block)
+
+    def dimensions(self) -> "Dimensions":
+        """The shapes and constants an engine's format needs, from the config."""
+        c = self.model.config
+        heads = c.num_attention_heads
+        rope = getattr(c, "rope_parameters", None) or {}
+        return Dimensions(
+            hidden=c.hidden_size, heads=heads, kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+            head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads, intermediate=c.intermediate_size,
+            norm_eps=c.rms_norm_eps, rope_theta=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
+            rope_type=rope.get("rope_type", "default"), max_positions=self.max_positions, vocab=c.vocab_size,
+            tied=bool(getattr(c, "tie_word_embeddings", False)),
+        )
 
     def block_module_names(self, block: Block) -> list[str]:
         """Qualified names (as in the model's state dict) of the modules that make up ``block``."""

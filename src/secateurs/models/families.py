@@ -47,6 +47,12 @@ SANDWICH_NORM = LayerLayout(
     ("input_layernorm", "post_attention_layernorm"),
     ("pre_feedforward_layernorm", "post_feedforward_layernorm"),
 )
+# Each projection of a decoder layer by role, as its block and the name inside that block (all families).
+PROJECTIONS: dict[str, tuple[str, str]] = {
+    "q": ("mha", "q_proj"), "k": ("mha", "k_proj"), "v": ("mha", "v_proj"), "o": ("mha", "o_proj"),
+    "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"), "down": ("mlp", "down_proj"),
+}
+
 # Families tested on tiny random configs, by ``config.model_type``; the layout is chosen from the
 # layer's structure (which norms it holds) and must agree with the family's.
 SUPPORTED_FAMILIES: dict[str, LayerLayout] = {

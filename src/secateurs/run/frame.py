@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 from ..data import TokenWindows, token_windows
+from ..export.gguf import GGUF_FILE, check_exportable, check_gguf_source, write_gguf
 from ..errors import SecateursError
 from ..evaluation.perplexity import perplexity
 from ..files import Artifact, atomic_directory, check_free_space, save_tensors_atomic, write_json_atomic, write_text_atomic
@@ -51,6 +52,9 @@ class Run:
         if longest > run.adapter.max_positions:
             raise SecateursError(f"a window of {longest} tokens is longer than the {run.adapter.max_positions} "
                                  "positions the model was trained for (config max_position_embeddings)")
+        if spec.output.path is not None and spec.output.format == "gguf":  # llama.cpp must be able to express it
+            check_exportable(run.adapter)
+            check_gguf_source(lm.source.get("gguf"))
         spec.method.check(run.adapter, spec.options)  # what can fail on this model fails before calibration
         return run
 
@@ -102,7 +106,10 @@ class Run:
         """Write the model (``save_model(dir)``), artifacts, report.json and report.md, atomically."""
         out = self.spec.output
         with atomic_directory(out.path, overwrite=out.overwrite) as tmp:
-            save_model(tmp)
+            save_model(tmp)  # the adapter now holds the model as saved (blocks removed, layers dropped)
+            if out.format == "gguf":
+                report["gguf"] = write_gguf(self.adapter, tmp / GGUF_FILE, Path(self.lm.source["gguf"]), out.gguf_type,
+                                            name=Path(out.path).name)
             for artifact in artifacts:
                 save_tensors_atomic(tmp / artifact.name, artifact.tensors,
                                     {**artifact.metadata, "model": str(self.lm.source.get("spec"))})

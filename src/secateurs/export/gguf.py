@@ -1,0 +1,163 @@
+"""GGUF for llama.cpp: a pruned model as llama.cpp's ``deci`` architecture (and so every tool built on it).
+
+``deci`` gives every layer its own attention head count and feed-forward width, so a layer without its
+attention (``head_count`` 0) or without its MLP (``feed_forward_length`` 0) is native. Two llama.cpp
+defects are avoided on the way (read in llama.cpp's ``src/models/deci.cpp``):
+
+- a layer with ``feed_forward_length`` 0 but its attention kept skips the residual add of the
+  attention's output, so such a layer gets a zero-weight MLP of ``ZERO_FFN_WIDTH`` instead (it adds 0);
+- a model whose first layer has no attention does not load, so layer 0's removed attention is written
+  as an attention whose weights are all zero (its output is 0: the value and output projections are 0).
+
+Layers with both blocks removed are left out. Q and K are permuted from Hugging Face's rotate-half rope
+layout to llama.cpp's interleaved one, as llama.cpp's converter does. The tokenizer is copied from the
+source GGUF (the built-in models are GGUF files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import SecateursError
+from ..files import atomic_file
+from ..models.adapter import Block, ModelAdapter
+
+ARCH = "deci"
+GGUF_FILE = "model.gguf"  # its name inside a pruned directory written with --format gguf
+GGUF_TYPES = ("f32", "f16", "q8_0")
+ZERO_FFN_WIDTH = 32  # a multiple of every block size we quantise to (q8_0: 32)
+FAMILIES = ("llama", "mistral")  # llama.cpp's deci graph: pre-norm, no q/k/v biases, SiLU-gated MLP
+COPIED_PREFIXES = ("tokenizer.",)  # metadata taken over from the source GGUF
+ATTENTION_TENSORS = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}  # llama.cpp's names
+
+
+def _rope_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Hugging Face's rope halves -> llama.cpp's interleaved pairs, per head (rows of q_proj / k_proj)."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _tensor(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to(torch.float32).cpu().numpy()
+
+
+def check_exportable(adapter: ModelAdapter) -> None:
+    """Fail now, with what llama.cpp lacks, for a model its deci architecture cannot express."""
+    if adapter.family not in FAMILIES:
+        lacks = {"qwen2": "q/k/v biases", "gemma3_text": "sandwich norms, GELU MLPs and sliding-window layers"}
+        raise SecateursError(f"GGUF export: llama.cpp's deci architecture has no {lacks.get(adapter.family, adapter.family)}, "
+                             f"which {adapter.family} models need; export --format hf instead")
+    dims = adapter.dimensions()
+    if dims.rope_type != "default":
+        raise SecateursError(f"GGUF export: rope scaling '{dims.rope_type}' is not written yet; export --format hf")
+
+
+def _layer_plan(adapter: ModelAdapter) -> list[dict[str, Any]]:
+    """Per written layer: its index in the model, heads, KV heads, MLP width (0 = absent)."""
+    dims = adapter.dimensions()
+    plan = []
+    for i in range(adapter.num_layers):
+        attention, mlp = not adapter.is_removed(Block("mha", i)), not adapter.is_removed(Block("mlp", i))
+        if not attention and not mlp:
+            continue  # the whole layer is gone
+        first = not plan
+        heads = dims.heads if attention or first else 0  # llama.cpp cannot load a first layer without attention
+        width = dims.intermediate if mlp else (ZERO_FFN_WIDTH if heads else 0)
+        plan.append({"layer": i, "attention": attention, "mlp": mlp, "heads": heads,
+                     "kv_heads": dims.kv_heads if heads else 0, "ffn": width})
+    if not plan:
+        raise SecateursError("GGUF export: the model has no decoder layer left")
+    return plan
+
+
+def check_gguf_source(source_gguf: str | Path | None) -> None:
+    """The tokenizer of a GGUF export comes from the source GGUF: it must exist."""
+    if source_gguf is None or not Path(source_gguf).is_file():
+        raise SecateursError("GGUF export needs the tokenizer of a source GGUF file (a model loaded from a .gguf "
+                             "file or a built-in alias); building one from a Hugging Face tokenizer is not supported")
+
+
+def _source_metadata(source_gguf: Path | None) -> list[Any]:
+    check_gguf_source(source_gguf)
+    import gguf
+
+    reader = gguf.GGUFReader(str(source_gguf))
+    return [f for name, f in reader.fields.items() if name.startswith(COPIED_PREFIXES)]
+
+
+def write_gguf(adapter: ModelAdapter, path: str | Path, source_gguf: Path | None, gguf_type: str = "f32",
+               name: str = "pruned", overwrite: bool = False) -> dict[str, Any]:
+    """Write ``adapter.model`` (blocks removed or not) as a deci GGUF; returns what was written."""
+    import gguf
+
+    if gguf_type not in GGUF_TYPES:
+        raise SecateursError(f"unknown --gguf-type '{gguf_type}'; choose {', '.join(GGUF_TYPES)}")
+    check_exportable(adapter)
+    fields = _source_metadata(source_gguf)
+    dims, plan = adapter.dimensions(), _layer_plan(adapter)
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+             "q8_0": gguf.GGMLQuantizationType.Q8_0}[gguf_type]
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
+        writer.add_name(name)
+        writer.add_context_length(dims.max_positions)
+        writer.add_embedding_length(dims.hidden)
+        writer.add_block_count(len(plan))
+        writer.add_feed_forward_length([p["ffn"] for p in plan])
+        writer.add_head_count([p["heads"] for p in plan])
+        writer.add_head_count_kv([p["kv_heads"] for p in plan])
+        writer.add_rope_freq_base(dims.rope_theta)
+        writer.add_layer_norm_rms_eps(dims.norm_eps)
+        writer.add_rope_dimension_count(dims.head_dim)
+        writer.add_key_length(dims.head_dim)
+        writer.add_value_length(dims.head_dim)
+        writer.add_vocab_size(dims.vocab)
+        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
+        for field in fields:
+            sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
+
+        def add(tensor_name: str, data: np.ndarray, quantise: bool = True) -> None:
+            if quantise and qtype != gguf.GGMLQuantizationType.F32 and data.ndim == 2:
+                writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_shape=data.shape, raw_dtype=qtype)
+            else:
+                writer.add_tensor(tensor_name, data.astype(np.float32))
+
+        add("token_embd.weight", _tensor(adapter.embeddings.weight))
+        add("output_norm.weight", _tensor(adapter.final_norm.weight), quantise=False)
+        if not dims.tied:
+            add("output.weight", _tensor(adapter.lm_head.weight))
+        for n, p in enumerate(plan):
+            i = p["layer"]
+            if p["heads"]:
+                norm = adapter.norm(Block("mha", i)) if p["attention"] else None
+                add(f"blk.{n}.attn_norm.weight",
+                    _tensor(norm.weight) if norm is not None else np.ones(dims.hidden, np.float32), quantise=False)
+                for role, rows, heads in (("q", dims.heads, dims.heads), ("k", dims.kv_heads, dims.kv_heads),
+                                          ("v", dims.kv_heads, None), ("o", None, None)):
+                    linear = adapter.projection(i, role)
+                    shape = (rows * dims.head_dim, dims.hidden) if rows else (dims.hidden, dims.heads * dims.head_dim)
+                    data = _tensor(linear.weight) if linear is not None else np.zeros(shape, np.float32)
+                    add(f"blk.{n}.{ATTENTION_TENSORS[role]}.weight", _rope_permute(data, heads) if heads else data)
+            if p["ffn"]:
+                if p["mlp"]:
+                    add(f"blk.{n}.ffn_norm.weight", _tensor(adapter.norm(Block("mlp", i)).weight), quantise=False)
+                    for role in ("gate", "up", "down"):
+                        add(f"blk.{n}.ffn_{role}.weight", _tensor(adapter.projection(i, role).weight))
+                else:  # a zero MLP: adds nothing, and keeps llama.cpp's residual add of the attention output
+                    add(f"blk.{n}.ffn_norm.weight", np.ones(dims.hidden, np.float32), quantise=False)
+                    add(f"blk.{n}.ffn_gate.weight", np.zeros((p["ffn"], dims.hidden), np.float32))
+                    add(f"blk.{n}.ffn_up.weight", np.zeros((p["ffn"], dims.hidden), np.float32))
+                    add(f"blk.{n}.ffn_down.weight", np.zeros((dims.hidden, p["ffn"]), np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return {"format": "gguf", "architecture": ARCH, "gguf_type": gguf_type, "layers": len(plan),
+            "layer_map": [p["layer"] for p in plan], "zero_attention_layers": [p["layer"] for p in plan if p["heads"] and not p["attention"]],
+            "zero_mlp_layers": [p["layer"] for p in plan if p["ffn"] and not p["mlp"]]}
