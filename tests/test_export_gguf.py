@@ -167,3 +167,15 @@ def test_an_unstructured_prune_exports_its_zeros_to_gguf(data_dir, tmp_path):
     lm = load_pruned(out)
     tokens = lm.tokenizer("Half of these weights are zero.", add_special_tokens=False)["input_ids"]
     assert np.abs(_torch_logprobs(lm.model, tokens) - _engine_logprobs(out / "model.gguf", tokens)).max() < F32_TOLERANCE
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("gguf_type,max_error,mean_error", [("f16", 0.05, 0.01), ("q8_0", 1.0, 0.1)])
+def test_f16_and_q8_0_exports_load_and_stay_close(gguf_type, max_error, mean_error, tmp_path):
+    """Rounding the weights moves the log-probabilities a little; wrong wiring would move them by nats."""
+    model = _peaky_llama()
+    adapter = ModelAdapter(model)
+    adapter.remove_blocks([Block.parse("mha.0"), Block.parse("mlp.1")])
+    write_gguf(adapter, tmp_path / "model.gguf", _smollm2_gguf(), gguf_type)
+    error = np.abs(_torch_logprobs(model, TOKENS) - _engine_logprobs(tmp_path / "model.gguf", TOKENS))
+    assert error.max() < max_error and error.mean() < mean_error, (error.max(), error.mean())

@@ -89,14 +89,20 @@ def test_sigterm_during_a_save_is_one_line_and_leaves_nothing_behind(tiny_model_
 def test_temporaries_of_killed_writers_are_removed_on_the_next_write(tmp_path):
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
-    stale = tmp_path / f".pruned.{dead}.x1y2.tmp"
+    from secateurs.files import _host
+
+    host = _host()
+    stale = tmp_path / f".pruned.{host}.{dead}.x1y2.tmp"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
-    running = tmp_path / f".pruned.{os.getpid()}.x3y4.tmp"  # a writer that still runs keeps its temporary
-    running.mkdir()
+    kept = [tmp_path / f".pruned.{host}.{os.getpid()}.x3y4.tmp",  # a writer that still runs
+            tmp_path / f".pruned.otherhost.{dead}.x5y6.tmp",  # another machine's, on a shared filesystem
+            tmp_path / f".pruned.2.{host}.{dead}.x7y8.tmp"]  # a sibling output's (pruned.2)
+    for path in kept:
+        path.mkdir()
     with atomic_directory(tmp_path / "pruned") as tmp:
         (tmp / "report.json").write_text("{}")
-    assert not stale.exists() and running.exists() and (tmp_path / "pruned" / "report.json").is_file()
+    assert not stale.exists() and all(p.exists() for p in kept) and (tmp_path / "pruned" / "report.json").is_file()
 
 
 # --- 3. write failures ----------------------------------------------------------------------------

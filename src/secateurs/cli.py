@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import signal
+import threading
 import sys
 import typing
 from typing import Any, Sequence
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ev)
     _add_data_options(ev)
 
-    pr = sub.add_parser("prune", help="prune a model: remove blocks (structured) or zero weights (unstructured)")
+    pr = sub.add_parser("prune", allow_abbrev=False, help="prune a model: remove blocks (structured) or zero weights (unstructured)")
     pr.add_argument("model", nargs="?", help="built-in alias, .gguf file, model directory or org/name hub id "
                                              "(with --recipe: replaces the recipe's model)")
     pr.add_argument("--recipe", help="run the settings of this recipe.yaml (every pruned directory has one); "
@@ -302,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
         _silence_transformers()
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    on_main = threading.current_thread() is threading.main_thread()  # signal handlers live on the main thread
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         COMMANDS[args.command](args)
     except SecateursError as exc:
@@ -315,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -8,6 +8,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import signal
+import socket
+import threading
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -86,9 +90,13 @@ def check_free_space(path: str | os.PathLike, needed_bytes: int) -> None:
                              f"needed, {free / 2**20:,.0f} MiB free on {ancestor}")
 
 
-def _temporary_prefix(path: Path, pid: int | None = None) -> str:
-    """Temporaries of ``path`` are ``.<name>.<pid>.*.tmp``: the pid tells whether their writer still runs."""
-    return f".{path.name}.{os.getpid() if pid is None else pid}."
+def _host() -> str:
+    return socket.gethostname().replace(".", "-") or "host"
+
+
+def _temporary_prefix(path: Path) -> str:
+    """Temporaries of ``path`` are ``.<name>.<host>.<pid>.*.tmp``: host and pid tell whether their writer runs."""
+    return f".{path.name}.{_host()}.{os.getpid()}."
 
 
 def _alive(pid: int) -> bool:
@@ -102,30 +110,61 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Remove temporaries of ``path`` left by writers that no longer run (killed, power loss)."""
+    """Remove temporaries of ``path`` that writers on this host left behind (killed, power loss).
+
+    Only exact matches of our own naming, and only this host's (another machine on a shared filesystem
+    may be writing), and only where that process no longer runs.
+    """
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_host())}\.(\d+)\.[A-Za-z0-9_]+(\.old)?\.tmp$")
     removed = []
-    for entry in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = entry.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    for entry in path.parent.iterdir() if path.parent.is_dir() else []:
+        match = pattern.match(entry.name)
+        if match and not _alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
 
 
+NO_LOCKING = {errno.EBADF, errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}  # e.g. NFS, some Lustre
+
+
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive lock on ``directory`` (flock on its descriptor) for the replace of an output in it."""
+    """An exclusive lock on ``directory`` (flock on its descriptor) for the replace of an output in it.
+
+    Where the filesystem cannot lock a directory (NFS turns flock into fcntl locks), the replace goes
+    ahead unlocked: as safe as a plain rename, only concurrent writers of one path are not serialised.
+    """
     fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in NO_LOCKING:
+                raise
         yield
     finally:
         os.close(fd)  # closing releases the lock
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (the two renames of a replace are not torn apart)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _write_error(path: Path, exc: BaseException) -> SecateursError:
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "StorageFull" in str(exc):
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else lines[0]
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or "StorageFull" in str(exc):
         reason = "no space left on the device"
     return SecateursError(f"could not write {path}: {reason}")
 
@@ -156,12 +195,17 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
                 _public_mode(entry, directory=entry.is_dir())
         except (OSError, SafetensorError) as exc:
             raise _write_error(path, exc) from exc
-        with _locked(path.parent):
+        old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old.tmp")
+        with _locked(path.parent), _signals_held():
             check_output_path(path, overwrite)  # another writer may have created it meanwhile
-            old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old.tmp")
             if path.exists():
                 os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if old.exists() and not path.exists():
+                    os.replace(old, path)  # put the previous output back
+                raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -187,6 +231,7 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     path = check_output_path(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         fd, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:

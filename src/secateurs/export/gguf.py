@@ -16,6 +16,7 @@ source GGUF (the built-in models are GGUF files).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..models.adapter import Block, ModelAdapter
 ARCH = "deci"
 GGUF_FILE = "model.gguf"  # its name inside a pruned directory written with --format gguf
 GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 weights and an f16 scale
 ZERO_FFN_WIDTH = 32  # a multiple of every block size we quantise to (q8_0: 32)
 FAMILIES = ("llama", "mistral")  # llama.cpp's deci graph: pre-norm, no q/k/v biases, SiLU-gated MLP
 COPIED_PREFIXES = ("tokenizer.",)  # metadata taken over from the source GGUF
@@ -51,6 +53,10 @@ def check_exportable(adapter: ModelAdapter) -> None:
         lacks = {"qwen2": "q/k/v biases", "gemma3_text": "sandwich norms, GELU MLPs and sliding-window layers"}
         raise SecateursError(f"GGUF export: llama.cpp's deci architecture has no {lacks.get(adapter.family, adapter.family)}, "
                              f"which {adapter.family} models need; export --format hf instead")
+    biased = [name for name, linear in adapter.prunable_linears().items() if linear.bias is not None]
+    if biased:
+        raise SecateursError(f"GGUF export: {biased[0]} has a bias, which llama.cpp's deci architecture does not "
+                             "read; export --format hf")
     dims = adapter.dimensions()
     if dims.rope_type != "default":
         raise SecateursError(f"GGUF export: rope scaling '{dims.rope_type}' is not written yet; export --format hf")
@@ -101,8 +107,7 @@ def write_gguf(adapter: ModelAdapter, path: str | Path, source_gguf: Path | None
     dims, plan = adapter.dimensions(), _layer_plan(adapter)
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
              "q8_0": gguf.GGMLQuantizationType.Q8_0}[gguf_type]
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), ARCH)
+    with atomic_file(path, overwrite=overwrite) as tmp, contextlib.closing(gguf.GGUFWriter(str(tmp), ARCH)) as writer:
         writer.add_name(name)
         writer.add_context_length(dims.max_positions)
         writer.add_embedding_length(dims.hidden)
@@ -123,10 +128,14 @@ def write_gguf(adapter: ModelAdapter, path: str | Path, source_gguf: Path | None
             writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
 
         def add(tensor_name: str, data: np.ndarray, quantise: bool = True) -> None:
-            if quantise and qtype != gguf.GGMLQuantizationType.F32 and data.ndim == 2:
-                writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_shape=data.shape, raw_dtype=qtype)
-            else:
+            kind = qtype if quantise and data.ndim == 2 else gguf.GGMLQuantizationType.F32
+            block = gguf.GGML_QUANT_SIZES[kind][0]
+            if data.shape[-1] % block:  # rows a quantisation block does not divide are kept in f16
+                kind = gguf.GGMLQuantizationType.F16
+            if kind == gguf.GGMLQuantizationType.F32:
                 writer.add_tensor(tensor_name, data.astype(np.float32))
+            else:
+                writer.add_tensor(tensor_name, gguf.quants.quantize(data, kind), raw_dtype=kind)
 
         add("token_embd.weight", _tensor(adapter.embeddings.weight))
         add("output_norm.weight", _tensor(adapter.final_norm.weight), quantise=False)
@@ -157,7 +166,6 @@ def write_gguf(adapter: ModelAdapter, path: str | Path, source_gguf: Path | None
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-        writer.close()
     return {"format": "gguf", "architecture": ARCH, "gguf_type": gguf_type, "layers": len(plan),
             "layer_map": [p["layer"] for p in plan], "zero_attention_layers": [p["layer"] for p in plan if p["heads"] and not p["attention"]],
             "zero_mlp_layers": [p["layer"] for p in plan if p["ffn"] and not p["mlp"]]}

@@ -12,7 +12,6 @@ import socket
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +130,9 @@ def _dequantised_cache(gguf: Path, digest: str) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if target.exists():  # a cache entry left incomplete by an older version
-        shutil.rmtree(target)
-    with atomic_directory(target) as tmp:
+    if (target / "config.json").is_file():  # another process finished dequantising meanwhile
+        return target
+    with atomic_directory(target, overwrite=True) as tmp:  # replaces an entry left incomplete by an older version
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target

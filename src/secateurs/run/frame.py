@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 from ..data import TokenWindows, token_windows
-from ..export.gguf import GGUF_FILE, check_exportable, check_gguf_source, write_gguf
+from ..export.gguf import GGUF_BYTES_PER_WEIGHT, GGUF_FILE, check_exportable, check_gguf_source, write_gguf
 from ..errors import SecateursError
 from ..evaluation.perplexity import perplexity
 from ..files import Artifact, atomic_directory, check_free_space, save_tensors_atomic, write_json_atomic, write_text_atomic
@@ -47,7 +47,11 @@ class Run:
         lm = load_model(model, dtype=spec.dtype, device=spec.device) if isinstance(model, str) else model
         run = cls(spec, lm, ModelAdapter(lm.model), {"load_s": time.perf_counter() - start})
         if spec.output.path is not None:  # the weights' size is known now: refuse a disk too small for them
-            check_free_space(spec.output.path, sum(p.numel() * p.element_size() for p in lm.model.parameters()))
+            params = list(lm.model.parameters())
+            needed = sum(p.numel() * p.element_size() for p in params)
+            if spec.output.format == "gguf":
+                needed += sum(p.numel() for p in params) * GGUF_BYTES_PER_WEIGHT[spec.output.gguf_type]
+            check_free_space(spec.output.path, needed)
         longest = max(spec.data.seqlen, spec.evaluation.seqlen or 0)
         if longest > run.adapter.max_positions:
             raise SecateursError(f"a window of {longest} tokens is longer than the {run.adapter.max_positions} "

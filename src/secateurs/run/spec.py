@@ -79,6 +79,8 @@ class OutputSpec:
             raise SecateursError(f"unknown --format '{self.format}'; choose {', '.join(OUTPUT_FORMATS)}")
         if self.gguf_type not in GGUF_TYPES:
             raise SecateursError(f"unknown --gguf-type '{self.gguf_type}'; choose {', '.join(GGUF_TYPES)}")
+        if self.format != "hf" and self.path is None:
+            raise SecateursError(f"--format {self.format} writes into --out: say where")
 
 
 OUTPUT_FORMATS = ("hf", "gguf")
@@ -161,7 +163,7 @@ class RunSpec:
         if unknown:
             raise SecateursError(f"the recipe {path} has an unknown key '{unknown[0]}'; known: {', '.join(sorted(RECIPE_KEYS))}")
         for key in ("model", "method"):
-            if key not in recipe and not (key == "model" and model):
+            if not recipe.get(key) and not (key == "model" and model):
                 raise SecateursError(f"the recipe {path} does not say which {key} to use")
         return cls.build(model or str(recipe["model"]), str(recipe["method"]), recipe.get("options"),
                          recipe.get("data"), recipe.get("evaluation"), output, dtype=recipe.get("dtype", "auto"),
