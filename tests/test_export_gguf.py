@@ -141,31 +141,21 @@ def test_smollm2_with_blocks_removed_in_several_places_runs_the_same_in_llama_cp
 
 @needs_llama_cpp
 @pytest.mark.real_model
-def test_prune_with_format_gguf_writes_a_model_llama_cpp_serves(data_dir, tmp_path):
+@pytest.mark.parametrize("method", [
+    ["--blocks", "2", "--samples", "1"],  # structured: blocks removed
+    ["--method", "magnitude", "--sparsity", "0.5"],  # unstructured: the zeros are stored
+])
+def test_prune_with_format_gguf_writes_a_model_llama_cpp_serves(method, data_dir, tmp_path):
     from secateurs import load_pruned
     from secateurs.cli import main
 
     out = tmp_path / "pruned"
-    assert main(["--quiet", "prune", "smollm2-135m", "--blocks", "2", "--samples", "1", "--seqlen", "32",
-                 "--eval-max-windows", "1", "--data-dir", str(data_dir), "--format", "gguf", "--out", str(out)]) == 0
+    assert main(["--quiet", "prune", "smollm2-135m", *method, "--seqlen", "32", "--eval-max-windows", "1",
+                 "--data-dir", str(data_dir), "--format", "gguf", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["gguf"]["architecture"] == "deci" and (out / "model.gguf").is_file()
     lm = load_pruned(out)
     tokens = lm.tokenizer("Pruning keeps the model useful.", add_special_tokens=False)["input_ids"]
-    assert np.abs(_torch_logprobs(lm.model, tokens) - _engine_logprobs(out / "model.gguf", tokens)).max() < F32_TOLERANCE
-
-
-@needs_llama_cpp
-@pytest.mark.real_model
-def test_an_unstructured_prune_exports_its_zeros_to_gguf(data_dir, tmp_path):
-    from secateurs import load_pruned
-    from secateurs.cli import main
-
-    out = tmp_path / "magnitude"
-    assert main(["--quiet", "prune", "smollm2-135m", "--method", "magnitude", "--sparsity", "0.5", "--seqlen", "32",
-                 "--eval-max-windows", "1", "--data-dir", str(data_dir), "--format", "gguf", "--out", str(out)]) == 0
-    lm = load_pruned(out)
-    tokens = lm.tokenizer("Half of these weights are zero.", add_special_tokens=False)["input_ids"]
     assert np.abs(_torch_logprobs(lm.model, tokens) - _engine_logprobs(out / "model.gguf", tokens)).max() < F32_TOLERANCE
 
 

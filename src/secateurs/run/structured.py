@@ -39,11 +39,12 @@ def run_structured(spec: RunSpec) -> PruneResult:
     skipped = lambda: adapter.skipped(removed)  # noqa: E731 - the pruned variant, as a context
 
     with run.timed("evaluation_s"):
+        def calibration_ppl(blocks: list[Block]) -> float:
+            return run.perplexities({"calib": windows}, lambda: adapter.skipped(blocks), progress=False)["calib"]["ppl"]
+
         calib_ppl = [math.exp(s.score) if selection.steps_score_calibration_nll else
-                     run.perplexities({"calib": windows}, lambda s=s: adapter.skipped(map(Block.parse, s.removed)),
-                                      progress=False)["calib"]["ppl"]
-                     for s in selection.steps]
-        dense_calib = run.perplexities({"calib": windows}, progress=False)["calib"]["ppl"]
+                     calibration_ppl([Block.parse(n) for n in s.removed]) for s in selection.steps]
+        dense_calib = calibration_ppl([])
         eval_windows = run.evaluation_windows()
         evaluation = compare(run.perplexities(eval_windows), run.perplexities(eval_windows, skipped))
     speeds = None

@@ -112,11 +112,12 @@ class StructuredMethod:
 
     def check(self, adapter: ModelAdapter, options: StructuredOptions) -> None:
         """Fail now, before any calibration, if ``options`` cannot be met on this model."""
+        if options.from_report is not None or options.blocks is None:
+            return  # a saved search, or a ratio: nothing to check against the candidates
         units = self.units(adapter, options)
-        if options.from_report is None and options.blocks is not None and options.blocks > len(units):
+        if options.blocks > len(units):
             raise SecateursError(f"--blocks {options.blocks} is more than the {len(units)} candidate units")
-        if options.from_report is None and options.blocks is not None and options.blocks * max(
-                len(u.blocks) for u in units) >= 2 * adapter.num_layers:
+        if options.blocks * max(len(u.blocks) for u in units) >= 2 * adapter.num_layers:
             raise SecateursError(f"--blocks {options.blocks} would remove every decoder layer: nothing would be left")
 
     def select(self, adapter: ModelAdapter, windows: TokenWindows, options: StructuredOptions,
