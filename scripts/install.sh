@@ -4,7 +4,9 @@
 # Needs only the package registries; everything after this runs offline.
 # --engines also builds the serving engines the export tests run in (llama.cpp through llama-cpp-python,
 # from requirements-engines.lock: about 7 minutes on 2 cores the first time; pip keeps the built wheel in
-# its cache, so later installs take seconds). CI installs them; without them those tests say they skip.
+# its cache, so later installs take seconds) and vLLM's CPU build in its own virtualenv .venv-vllm, from
+# requirements-vllm.lock (vLLM pins an older transformers; about 2 minutes). CI installs them; without
+# them those tests say they skip.
 set -euo pipefail
 engines=0
 for arg in "$@"; do
@@ -23,6 +25,10 @@ pip install --require-hashes --no-deps -r requirements.lock
 if [ "$engines" = 1 ]; then
     echo "building llama-cpp-python (first time: about 7 minutes)..."
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" pip install --require-hashes --no-deps -r requirements-engines.lock
+    echo "installing vLLM (CPU) into .venv-vllm..."
+    [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
+    .venv-vllm/bin/python -m pip --quiet --disable-pip-version-check install --require-hashes --no-deps \
+        -r requirements-vllm.lock 2> >(grep -v "neither a file nor a directory" >&2)
 fi
 # secateurs itself, editable, built with the locked setuptools (no unpinned build environment).
 pip install --no-deps --no-build-isolation -e .

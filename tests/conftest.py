@@ -105,3 +105,26 @@ def cli_error(capsys, *argv) -> str:
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err, err
     return err
+
+
+ENGINE_SHAPE = dict(hidden_size=128, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=256, rms_norm_eps=1e-5)  # head_dim 32: vLLM's CPU attention needs >= 32
+
+
+def peaky_model(family: str, layers: int = 4, vocab_size: int = 260, seed: int = 0, **config):
+    """A tiny random model for engine tests: weights large enough that wrong wiring shows in the logits
+    (norm weights around 1, biases of Qwen2 clearly non-zero)."""
+    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+    extra = {"sliding_window": None} if family == "mistral" else {}
+    torch.manual_seed(seed)
+    cfg = classes[family](**{**ENGINE_SHAPE, **extra, **config}, num_hidden_layers=layers, vocab_size=vocab_size)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 1.5 / p.shape[1] ** 0.5)
+            elif "norm" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0, 0.5)
+    return model

@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import cli_error as _err
-from secateurs import Block, ModelAdapter
+from conftest import cli_error as _err, peaky_model, tiny_model
+from secateurs import Block, ModelAdapter, SecateursError
 from secateurs.export.gguf import write_gguf
 from secateurs.models.builtin import builtin_gguf
 
@@ -31,25 +30,12 @@ def _smollm2_gguf():
     return builtin_gguf("smollm2-135m")[1]
 
 
-def _peaky_llama(seed=0, layers=4):
-    """A tiny Llama with SmolLM2's vocabulary and weights large enough that wrong wiring shows in the logits."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=49152, max_position_embeddings=256, tie_word_embeddings=True,
-                         rms_norm_eps=1e-5)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0, 1.5 / p.shape[1] ** 0.5)
-            else:
-                p.uniform_(0.5, 1.5)
-    return model
-
-
 def _torch_logprobs(model, tokens):
     with torch.no_grad():
         return torch.log_softmax(model(torch.tensor([tokens])).logits[0].float(), -1).numpy()
+
+
+SMOLLM2_VOCAB = 49152  # the tiny models take SmolLM2's vocabulary, so that its GGUF tokenizer fits them
 
 
 def _engine_logprobs(path, tokens):
@@ -64,6 +50,7 @@ TOKENS = [1, 504, 3458, 282, 260, 1345, 30, 2, 7041, 314, 9856, 17, 400, 1281, 4
 
 
 @needs_llama_cpp
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])  # qwen2: q/k/v biases, permuted with their rows
 @pytest.mark.parametrize("removed", [
     [],  # dense
     ["mha.0"],  # layer 0's attention: written as a zero attention (llama.cpp cannot load it absent)
@@ -72,8 +59,8 @@ TOKENS = [1, 504, 3458, 282, 260, 1345, 30, 2, 7041, 314, 9856, 17, 400, 1281, 4
     ["mha.3"],  # the last layer's attention
     ["mha.0", "mlp.0", "mha.1", "mlp.3"],  # several at once, the first written layer without attention
 ])
-def test_llama_cpp_computes_what_secateurs_computes(removed, tmp_path):
-    model = _peaky_llama()
+def test_llama_cpp_computes_what_secateurs_computes(family, removed, tmp_path):
+    model = peaky_model(family, vocab_size=SMOLLM2_VOCAB)
     adapter = ModelAdapter(model)
     adapter.remove_blocks([Block.parse(n) for n in removed])
     record = write_gguf(adapter, tmp_path / "model.gguf", _smollm2_gguf())
@@ -84,11 +71,67 @@ def test_llama_cpp_computes_what_secateurs_computes(removed, tmp_path):
 
 
 @needs_llama_cpp
+def _small_bpe_tokenizer():
+    """A byte-level BPE with merges learnt from a few sentences (the tests' byte tokenizer has none)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(["The capital of France is Paris.", "Pruning keeps 42 models useful and fast."] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
+
+
+@needs_llama_cpp
+def test_a_model_without_a_source_gguf_gets_a_tokenizer_built_from_its_hugging_face_one(tmp_path):
+    """A byte-level BPE tokenizer: llama.cpp tokenises as it does and computes the same log-probs."""
+    model, tokenizer = peaky_model("llama", vocab_size=300), _small_bpe_tokenizer()
+    assert len(tokenizer) == 300
+    adapter = ModelAdapter(model)
+    adapter.remove_blocks([Block.parse("mha.0"), Block.parse("mlp.2")])
+    record = write_gguf(adapter, tmp_path / "model.gguf", None, tokenizer=tokenizer)
+    assert record["tokenizer"] == "built from the Hugging Face tokenizer (gpt-2)"
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "model.gguf"), vocab_only=True, verbose=False)
+    for text in ["Pruning keeps 42 models useful.", "  two spaces, ünïcode and\nnew lines"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokens = tokenizer("The capital of France is Paris.", add_special_tokens=False)["input_ids"]
+    assert np.abs(_torch_logprobs(model, tokens) - _engine_logprobs(tmp_path / "model.gguf", tokens)).max() < F32_TOLERANCE
+
+
+@needs_llama_cpp
+@pytest.mark.real_model
+def test_smollm2_tokenizer_rebuilt_from_hugging_face_equals_its_gguf_and_tokenises_the_same(tmp_path):
+    import gguf
+
+    from secateurs import load_model
+    from secateurs.export.gguf_tokenizer import from_hf_tokenizer
+
+    lm = load_model("smollm2-135m")
+    built = from_hf_tokenizer(lm.tokenizer, SMOLLM2_VOCAB)
+    fields = gguf.GGUFReader(str(_smollm2_gguf())).fields
+    assert built.tokens == fields["tokenizer.ggml.tokens"].contents()
+    assert built.token_types == fields["tokenizer.ggml.token_type"].contents()
+    assert built.merges == fields["tokenizer.ggml.merges"].contents()
+    assert built.special_ids == {"bos": 1, "eos": 2, "unk": 0, "pad": 2}
+    # transformers' GGUF loader gives SmolLM2 a plain byte-level pre-tokenizer (its digit split is lost), so
+    # the rebuilt GGUF says gpt-2, not the source's smollm: it tokenises as the Hugging Face tokenizer does.
+    assert built.pre == "gpt-2"
+    model = peaky_model("llama", vocab_size=SMOLLM2_VOCAB)
+    write_gguf(ModelAdapter(model), tmp_path / "model.gguf", None, tokenizer=lm.tokenizer)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "model.gguf"), vocab_only=True, verbose=False)
+    for text in ["The capital of France is Paris, and the capital of Italy is", "x = [1, 22, 333]\n\tprint(x)  # ok"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@needs_llama_cpp
 def test_the_rope_layout_matters(tmp_path):
     """Without the Q/K permutation llama.cpp computes something else: the test above can fail."""
     import secateurs.export.gguf as exporter
 
-    model = _peaky_llama()
+    model = peaky_model("llama", vocab_size=SMOLLM2_VOCAB)
     original = exporter._rope_permute
     exporter._rope_permute = lambda weight, heads: weight
     try:
@@ -99,12 +142,11 @@ def test_the_rope_layout_matters(tmp_path):
 
 
 def test_families_and_inputs_gguf_cannot_express_are_one_line(capsys, tmp_path, tiny_model_dir, data_dir):
-    from conftest import tiny_model
-
-    with pytest.raises(Exception, match="no q/k/v biases"):
-        write_gguf(ModelAdapter(tiny_model("qwen2")), tmp_path / "q.gguf", _smollm2_gguf())
-    with pytest.raises(Exception, match="sandwich norms"):
+    with pytest.raises(SecateursError, match="llama.cpp's deci architecture has no sandwich norms"):
         write_gguf(ModelAdapter(tiny_model("gemma3_text")), tmp_path / "g.gguf", _smollm2_gguf())
+    with pytest.raises(SecateursError, match="sliding window of 64 tokens"):
+        write_gguf(ModelAdapter(peaky_model("mistral", sliding_window=64)), tmp_path / "m.gguf", _smollm2_gguf())
+    assert not list(tmp_path.glob("*.gguf"))
     assert "was not written by `secateurs prune`" in _err(capsys, "export", str(tiny_model_dir), "--format", "gguf",
                                                           "--out", str(tmp_path / "x.gguf"))
     assert "unknown --gguf-type 'q2'" in _err(capsys, "export", str(tiny_model_dir), "--format", "gguf",
@@ -117,8 +159,12 @@ def test_families_and_inputs_gguf_cannot_express_are_one_line(capsys, tmp_path, 
     assert main(["--quiet", "prune", str(tiny_model_dir), "--blocks", "1", "--samples", "5", "--seqlen", "32",
                  "--eval-max-windows", "1", "--data-dir", str(data_dir), "--out", str(out)]) == 0
     assert "already exists" in _err(capsys, "export", str(out), "--format", "gguf", "--out", str(tmp_path / "exists.gguf"))
-    assert "needs the tokenizer of a source GGUF" in _err(capsys, "export", str(out), "--format", "gguf",
-                                                          "--out", str(tmp_path / "y.gguf"))
+    unknown_pre = out / "tokenizer.json"  # a tokenizer whose pre-tokenizer llama.cpp does not know is refused
+    spec = json.loads(unknown_pre.read_text())
+    spec["pre_tokenizer"] = {"type": "Whitespace"}
+    unknown_pre.write_text(json.dumps(spec))
+    assert "llama.cpp knows no pre-tokenizer matching" in _err(capsys, "export", str(out), "--format", "gguf",
+                                                               "--out", str(tmp_path / "y.gguf"))
     assert not (tmp_path / "y.gguf").exists()
     json.loads((out / "report.json").read_text())
 
@@ -153,7 +199,7 @@ def test_prune_with_format_gguf_writes_a_model_llama_cpp_serves(method, data_dir
     assert main(["--quiet", "prune", "smollm2-135m", *method, "--seqlen", "32", "--eval-max-windows", "1",
                  "--data-dir", str(data_dir), "--format", "gguf", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["gguf"]["architecture"] == "deci" and (out / "model.gguf").is_file()
+    assert report["engine_export"]["architecture"] == "deci" and (out / "model.gguf").is_file()
     lm = load_pruned(out)
     tokens = lm.tokenizer("Pruning keeps the model useful.", add_special_tokens=False)["input_ids"]
     assert np.abs(_torch_logprobs(lm.model, tokens) - _engine_logprobs(out / "model.gguf", tokens)).max() < F32_TOLERANCE
@@ -163,7 +209,7 @@ def test_prune_with_format_gguf_writes_a_model_llama_cpp_serves(method, data_dir
 @pytest.mark.parametrize("gguf_type,max_error,mean_error", [("f16", 0.05, 0.01), ("q8_0", 1.0, 0.1)])
 def test_f16_and_q8_0_exports_load_and_stay_close(gguf_type, max_error, mean_error, tmp_path):
     """Rounding the weights moves the log-probabilities a little; wrong wiring would move them by nats."""
-    model = _peaky_llama()
+    model = peaky_model("llama", vocab_size=SMOLLM2_VOCAB)
     adapter = ModelAdapter(model)
     adapter.remove_blocks([Block.parse("mha.0"), Block.parse("mlp.1")])
     write_gguf(adapter, tmp_path / "model.gguf", _smollm2_gguf(), gguf_type)

@@ -18,8 +18,7 @@ from .errors import SecateursError, Terminated
 from .evaluation.evaluate import PAPER_SEQLEN, EvalSettings, evaluate
 from .evaluation.perplexity import DEFAULT_BATCH_SIZE
 from .evaluation.tasks import SUITES, task_names
-from .export import FORMATS as EXPORT_FORMATS, export
-from .export.gguf import GGUF_TYPES
+from .export import ENGINES, FORMATS as EXPORT_FORMATS, GGUF_TYPES, INSIDE_PRUNED_DIRECTORY, export
 from .files import check_output_path, write_json_atomic, write_text_atomic
 from .options import flag_of, own_fields
 from .registry import METHODS, get_method, list_methods, make_options
@@ -161,15 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--speed", action="store_true", help="also measure decode tokens/s, dense vs pruned (structured methods)")
     pr.add_argument("--out", help="write the pruned model, report.json and report.md to this directory")
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    pr.add_argument("--format", default="hf", help="hf (default), or gguf: also model.gguf for llama.cpp in --out")
+    pr.add_argument("--format", default="hf", help="hf (default); gguf also writes model.gguf for llama.cpp in --out, "
+                                                   "nemotron-nas a nemotron-nas/ checkpoint for vLLM")
     pr.add_argument("--gguf-type", default="f32", help=f"with --format gguf: {', '.join(GGUF_TYPES)} (default f32)")
     _add_model_options(pr)
     _add_data_options(pr)
 
-    ex = sub.add_parser("export", help="export a pruned directory for an inference engine (hf, gguf for llama.cpp)")
+    ex = sub.add_parser("export", help="export a pruned directory for an inference engine (gguf: llama.cpp, "
+                                       "nemotron-nas: vLLM, hf: a copy)")
     ex.add_argument("directory", help="a directory written by `secateurs prune`")
     ex.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
-    ex.add_argument("--out", required=True, help="the file (gguf) or directory (hf) to write")
+    ex.add_argument("--out", required=True, help="the file (gguf) or directory (hf, nemotron-nas) to write")
     ex.add_argument("--gguf-type", default="f32", help=f"GGUF tensor type: {', '.join(GGUF_TYPES)} (default f32)")
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -257,13 +258,15 @@ def _report_prune(report: dict, out: str | None) -> None:
         print(f"{report['method']}: removed {', '.join(report['removal_order'])} (in this order)")
         print(render_comparison(report))
     if out:
-        gguf = ", model.gguf for llama.cpp" if report.get("gguf") else ""
-        print(f"wrote {out} (model{gguf}, recipe.yaml, report.json, report.md)")
+        engine = report.get("engine_export")
+        also = f", {INSIDE_PRUNED_DIRECTORY[engine['format']]} for {ENGINES[engine['format']]}" if engine else ""
+        print(f"wrote {out} (model{also}, recipe.yaml, report.json, report.md)")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
     record = export(args.directory, args.format, args.out, gguf_type=args.gguf_type, overwrite=args.overwrite)
-    details = f" ({record['architecture']}, {record['gguf_type']}, {record['layers']} layers)" if args.format == "gguf" else ""
+    details = f" ({record['architecture']}, {record.get('gguf_type', record['format'])}, {record['layers']} layers)" \
+        if args.format != "hf" else ""
     print(f"wrote {args.out}{details}")
 
 

@@ -61,6 +61,8 @@ class Dimensions:
     max_positions: int
     vocab: int
     tied: bool
+    hidden_act: str
+    sliding_window: int | None  # the window of the layers that use one; None when every layer attends to all
 
 
 class SkippedAttention(nn.Module):
@@ -198,7 +200,18 @@ class ModelAdapter:
             norm_eps=c.rms_norm_eps, rope_theta=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)),
             rope_type=rope.get("rope_type", "default"), max_positions=self.max_positions, vocab=c.vocab_size,
             tied=bool(getattr(c, "tie_word_embeddings", False)),
+            hidden_act=getattr(c, "hidden_act", None) or getattr(c, "hidden_activation", "silu"),
+            sliding_window=self._sliding_window(),
         )
+
+    def _sliding_window(self) -> int | None:
+        """The attention window some layers use, or None (Qwen2 and Gemma 3 name them in ``layer_types``)."""
+        c = self.model.config
+        window = getattr(c, "sliding_window", None)
+        types = getattr(c, "layer_types", None)
+        if window is None or (types is not None and "sliding_attention" not in types):
+            return None
+        return None if window >= self.max_positions else int(window)
 
     def block_module_names(self, block: Block) -> list[str]:
         """Qualified names (as in the model's state dict) of the modules that make up ``block``."""

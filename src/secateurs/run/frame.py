@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 from ..data import TokenWindows, token_windows
-from ..export.gguf import GGUF_BYTES_PER_WEIGHT, GGUF_FILE, check_exportable, check_gguf_source, write_gguf
+from ..export import INSIDE_PRUNED_DIRECTORY, check_exportable, export_bytes, write_export
 from ..errors import SecateursError
 from ..evaluation.perplexity import perplexity
 from ..files import Artifact, atomic_directory, check_free_space, save_tensors_atomic, write_json_atomic, write_text_atomic
@@ -48,17 +48,16 @@ class Run:
         run = cls(spec, lm, ModelAdapter(lm.model), {"load_s": time.perf_counter() - start})
         if spec.output.path is not None:  # the weights' size is known now: refuse a disk too small for them
             params = list(lm.model.parameters())
-            needed = sum(p.numel() * p.element_size() for p in params)
-            if spec.output.format == "gguf":
-                needed += sum(p.numel() for p in params) * GGUF_BYTES_PER_WEIGHT[spec.output.gguf_type]
+            weight_bytes = sum(p.numel() * p.element_size() for p in params)
+            needed = weight_bytes + export_bytes(spec.output.format, sum(p.numel() for p in params), weight_bytes,
+                                                 spec.output.gguf_type)
             check_free_space(spec.output.path, needed)
         longest = max(spec.data.seqlen, spec.evaluation.seqlen or 0)
         if longest > run.adapter.max_positions:
             raise SecateursError(f"a window of {longest} tokens is longer than the {run.adapter.max_positions} "
                                  "positions the model was trained for (config max_position_embeddings)")
-        if spec.output.path is not None and spec.output.format == "gguf":  # llama.cpp must be able to express it
-            check_exportable(run.adapter)
-            check_gguf_source(lm.source.get("gguf"))
+        if spec.output.path is not None:  # the engine of --format must be able to express the model
+            check_exportable(spec.output.format, run.adapter, lm)
         spec.method.check(run.adapter, spec.options)  # what can fail on this model fails before calibration
         return run
 
@@ -111,9 +110,9 @@ class Run:
         out = self.spec.output
         with atomic_directory(out.path, overwrite=out.overwrite) as tmp:
             save_model(tmp)  # the adapter now holds the model as saved (blocks removed, layers dropped)
-            if out.format == "gguf":
-                report["gguf"] = write_gguf(self.adapter, tmp / GGUF_FILE, Path(self.lm.source["gguf"]), out.gguf_type,
-                                            name=Path(out.path).name)
+            if out.format in INSIDE_PRUNED_DIRECTORY:
+                report["engine_export"] = write_export(out.format, self.adapter, self.lm, tmp / INSIDE_PRUNED_DIRECTORY[out.format],
+                                                out.gguf_type, name=Path(out.path).name)
             for artifact in artifacts:
                 save_tensors_atomic(tmp / artifact.name, artifact.tensors,
                                     {**artifact.metadata, "model": str(self.lm.source.get("spec"))})

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 from .. import __version__
 from ..data import check_source, domain_sets
 from ..errors import SecateursError
-from ..export.gguf import GGUF_TYPES
 from ..evaluation.perplexity import DEFAULT_BATCH_SIZE
 from ..files import check_output_path
 from ..models.loading import LoadedModel
@@ -71,19 +70,17 @@ class OutputSpec:
     path: str | os.PathLike | None = None
     overwrite: bool = False
     command: list[str] | None = None  # recorded in the report
-    format: str = "hf"  # hf; gguf also writes model.gguf for llama.cpp beside the checkpoint
+    format: str = "hf"  # hf; gguf / nemotron-nas also write an engine export beside the checkpoint
     gguf_type: str = "f32"
 
     def __post_init__(self) -> None:
-        if self.format not in OUTPUT_FORMATS:
-            raise SecateursError(f"unknown --format '{self.format}'; choose {', '.join(OUTPUT_FORMATS)}")
-        if self.gguf_type not in GGUF_TYPES:
-            raise SecateursError(f"unknown --gguf-type '{self.gguf_type}'; choose {', '.join(GGUF_TYPES)}")
+        from ..export import check_format
+
+        check_format(self.format, self.gguf_type)
         if self.format != "hf" and self.path is None:
             raise SecateursError(f"--format {self.format} writes into --out: say where")
 
 
-OUTPUT_FORMATS = ("hf", "gguf")
 RECIPE_FILE = "recipe.yaml"
 RECIPE_KEYS = {"secateurs", "model", "method", "options", "data", "evaluation", "dtype", "device"}
 
