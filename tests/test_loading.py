@@ -8,7 +8,16 @@ from secateurs.models import builtin as zoo
 def test_local_directory_loads_with_dtype(tiny_model_dir):
     loaded = load_model(str(tiny_model_dir), dtype="bfloat16", device="cpu")
     assert loaded.dtype == torch.bfloat16 and loaded.source["kind"] == "directory"
-    assert load_model(str(tiny_model_dir)).dtype == torch.float32  # auto = float32 on CPU
+    assert load_model(str(tiny_model_dir)).dtype == torch.float32  # auto = the checkpoint's (float32 here)
+
+
+def test_auto_dtype_keeps_a_bfloat16_checkpoint_in_bfloat16(tiny_model_dir, tmp_path):
+    loaded = load_model(str(tiny_model_dir), dtype="bfloat16")
+    loaded.model.save_pretrained(tmp_path / "bf16")
+    loaded.tokenizer.save_pretrained(tmp_path / "bf16")
+    again = load_model(str(tmp_path / "bf16"))
+    assert again.dtype == torch.bfloat16  # not widened to float32 (twice the memory)
+    assert load_model(str(tmp_path / "bf16"), dtype="float32").dtype == torch.float32  # unless asked
 
 
 def test_unknown_model_suggests_the_alias():

@@ -44,7 +44,7 @@ def _comma_list(value: str) -> list[str]:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's dtype), float32, bfloat16, float16")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 

@@ -327,7 +327,15 @@ class ModelAdapter:
 
         ``head`` replaces the LM head, e.g. by a part of it from :meth:`head_rows`.
         """
-        logits = (self.lm_head if head is None else head)(self.final_norm(hidden))
+        return self.head_logits(self.final_norm(hidden), head)
+
+    def normed_final_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The decoder (no cache) on ``input_ids``: its last hidden state, after the final norm."""
+        return self.decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+
+    def head_logits(self, normed: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """The LM head (+ Gemma's logit soft-capping) on a hidden state that went through the final norm."""
+        logits = (self.lm_head if head is None else head)(normed)
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

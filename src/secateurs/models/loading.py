@@ -67,10 +67,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return chosen
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` means float32 on CPU and bfloat16 on a GPU."""
+def resolve_dtype(dtype: str) -> torch.dtype | str:
+    """A torch dtype, or ``auto``: the checkpoint's own (a bfloat16 model stays bfloat16; a GGUF file's
+    dequantised weights are float32)."""
     if dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+        return "auto"
     if dtype not in DTYPES:
         raise SecateursError(f"unknown dtype '{dtype}'; choose one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
@@ -86,12 +87,19 @@ def _from_pretrained(path_or_id: str, what: str, **kwargs: Any) -> tuple[Any, An
                                                   trust_remote_code=False, **local)
         model, info = AutoModelForCausalLM.from_pretrained(path_or_id, output_loading_info=True,
                                                            trust_remote_code=False, **local, **kwargs)
+        if kwargs.get("dtype") == "auto" and dtype_of(model) not in DTYPES.values():
+            model = model.float()  # an integer or exotic checkpoint dtype: compute in float32
     except Exception as exc:  # noqa: BLE001 - arbitrary files raise anything (SafetensorError, struct.error, ...)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SecateursError(f"could not load {what}: {first_line}") from exc
     model.eval()
     check_finite(model, what)
     return model, tokenizer, info
+
+
+def _placed_on(device: torch.device) -> dict[str, Any]:
+    """Load the weights straight onto ``device`` (a GPU), never into CPU memory first and then moved."""
+    return {} if device.type == "cpu" else {"device_map": {"": str(device)}}
 
 
 def check_finite(model: Any, what: str) -> None:
@@ -138,17 +146,17 @@ def _dequantised_cache(gguf: Path, digest: str) -> Path:
     return target
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device, source: dict) -> LoadedModel:
+def _load_gguf(path: Path, dtype: torch.dtype | str, device: torch.device, source: dict) -> LoadedModel:
     if not path.is_file():
         raise SecateursError(f"GGUF file not found: {path}")
     digest = source.get("sha256") or sha256_file(path)
     cached = _dequantised_cache(path, digest)
-    model, tokenizer, _ = _from_pretrained(str(cached), f"cached model {cached}", dtype=dtype)
+    model, tokenizer, _ = _from_pretrained(str(cached), f"cached model {cached}", dtype=dtype, **_placed_on(device))
     source.update(kind="gguf", gguf=str(path), sha256=digest, cache=str(cached))
-    return LoadedModel(model.to(device), tokenizer, source)
+    return LoadedModel(model, tokenizer, source)
 
 
-def _load_directory(path: Path, dtype: torch.dtype, device: torch.device, source: dict) -> LoadedModel:
+def _load_directory(path: Path, dtype: torch.dtype | str, device: torch.device, source: dict) -> LoadedModel:
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -161,20 +169,21 @@ def _load_directory(path: Path, dtype: torch.dtype, device: torch.device, source
     pruning = pruning_record(path)
     removed = removed_blocks(pruning)
     if not removed:
-        model, tokenizer, _ = _from_pretrained(str(path), f"model directory {path}", dtype=dtype)
+        model, tokenizer, _ = _from_pretrained(str(path), f"model directory {path}", dtype=dtype, **_placed_on(device))
         source.update(kind="directory", path=str(path), pruning=pruning or None)
-        return LoadedModel(model.to(device), tokenizer, source)
+        return LoadedModel(model, tokenizer, source)
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers would warn about the removed blocks' absent weights
     try:
-        model, tokenizer, info = _from_pretrained(str(path), f"pruned model directory {path}", dtype=dtype)
+        model, tokenizer, info = _from_pretrained(str(path), f"pruned model directory {path}", dtype=dtype,
+                                                  **_placed_on(device))
     finally:
         hf_logging.set_verbosity(verbosity)
     restore_removed(model, removed, info.get("missing_keys", []), path)
     source.update(kind="pruned-directory", path=str(path), pruning=pruning)
-    return LoadedModel(model.to(device), tokenizer, source)
+    return LoadedModel(model, tokenizer, source)
 
 
 HUB_HOST = ("huggingface.co", 443)
@@ -209,7 +218,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
     """Load ``spec``: a built-in alias, a ``.gguf`` file, a local directory or an ``org/name`` hub id."""
     warn_if_untested()
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    torch_dtype = resolve_dtype(dtype)
     source: dict[str, Any] = {"spec": spec}
     if spec in BUILTIN_MODELS:
         entry, path = builtin_gguf(spec)
@@ -229,9 +238,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
             raise SecateursError(f"'{spec}' is not in the local Hugging Face cache and the hub cannot be reached "
                                  "(offline?); pass a local directory, a .gguf file or a built-in alias")
         model, tokenizer, _ = _from_pretrained(spec, f"'{spec}' from the Hugging Face hub or its local cache",
-                                               dtype=torch_dtype, offline=offline)
+                                               dtype=torch_dtype, offline=offline, **_placed_on(dev))
         source.update(kind="hub")
-        return LoadedModel(model.to(dev), tokenizer, source)
+        return LoadedModel(model, tokenizer, source)
     close = difflib.get_close_matches(spec, list(BUILTIN_MODELS), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     if looks_like_path:

@@ -15,6 +15,7 @@ and freed, so no second full copy of the gradients ever exists.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from typing import Any, Callable
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from ..models.adapter import ModelAdapter
@@ -35,15 +38,18 @@ from .obs import obs_prune
 from .sequential import run_sequential
 from .collectors import Hessian
 from ..files import Artifact, save_tensors_atomic
+from ..offload import DiskTensors
 from ..options import option
 from .methods import OBSOptions, Pruned, UnstructuredMethod, apply_mask
 from ..resources import device_of
 
 VARIANTS = ("paper", "code")
+GENERAL_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 IMPORTANCE_FORMAT = "secateurs-general-importance-v1"
 CODE_PENALTY_SCALE = 1 / 1000  # the authors' code: 2 lambda lr^2 G g^2 / 1000
 CODE_SQUARE_SCALE = 1 / 2000  # the authors' code: |t + t^2 / 2000 + w^3|
 GENERAL_IMPORTANCE_FILE = "general_importance.safetensors"
+LOSS_CHUNK_TOKENS = 512  # positions (over the batch) whose logits exist at once in the domain step
 
 
 @dataclass
@@ -62,6 +68,10 @@ class DPrunerOptions(OBSOptions):
                          flag="--dpruner-clip")
     general_importance: str | None = option(None, "reuse a saved general importance (general_importance.safetensors) "
                                                   "instead of computing it")
+    general_dtype: str = option("bfloat16", "dtype G is held in during the domain step (its scale only weighs "
+                                            "the penalty)", flag="--dpruner-general-dtype", choices=GENERAL_DTYPES)
+    offload_dir: str | None = option(None, "where the original weights wait during the updates (default: the "
+                                           "system's temporary directory)", flag="--dpruner-offload-dir")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +83,8 @@ class DPrunerOptions(OBSOptions):
             raise SecateursError("--dpruner-lambda and --dpruner-lr must be >= 0")
         if self.update_batch_size < 1:
             raise SecateursError(f"--dpruner-batch-size must be at least 1, got {self.update_batch_size}")
+        if self.general_dtype not in GENERAL_DTYPES:
+            raise SecateursError(f"--dpruner-general-dtype must be one of {', '.join(GENERAL_DTYPES)}, got '{self.general_dtype}'")
         if not 0 <= self.warmup < 1:
             raise SecateursError(f"--dpruner-warmup must be in [0, 1), got {self.warmup}")
 
@@ -141,11 +153,13 @@ class DomainImportance:
     def __init__(self, adapter: ModelAdapter, general: dict[str, torch.Tensor], options: DPrunerOptions):
         self.options = options
         self.targets = {m.weight: name for name, m in adapter.prunable_linears().items()}
-        self.general = general
+        dtype = GENERAL_DTYPES[options.general_dtype]
+        self.general = {name: g.to(dtype) for name, g in general.items()}
         self.scores = {name: torch.zeros_like(p, dtype=torch.float32) for p, name in self.targets.items()}
         self.penalty_abs = {name: 0.0 for name in self.scores}
         self.grad_abs = {name: 0.0 for name in self.scores}
-        self.origin: dict[str, torch.Tensor] = {}
+        self.originals: DiskTensors | None = None  # the weights before the updates (the penalty's W)
+        self.parameter_name: dict[str, str] = {}  # a target's name -> its parameter's name in the store
         self.lr_previous = 0.0
 
     def regularised(self, param: nn.Parameter, grad: torch.Tensor, record: bool) -> torch.Tensor:
@@ -154,8 +168,9 @@ class DomainImportance:
         if name is None or self.options.lam == 0:
             penalty = None
         elif self.options.variant == "paper":
-            penalty = (2 * self.options.lam * self.general[name] * (param.detach().float() - self.origin[name])
-                       if self.origin else None)  # at the original weights (no updates) it is 0
+            penalty = (2 * self.options.lam * self.general[name]
+                       * (param.detach().float() - self.originals.get(self.parameter_name[name]).float())
+                       if self.originals is not None else None)  # at the original weights (no updates) it is 0
         else:
             penalty = 2 * self.options.lam * self.lr_previous ** 2 * self.general[name] * grad.pow(2) * CODE_PENALTY_SCALE
         if record and name is not None:
@@ -180,7 +195,27 @@ class DomainImportance:
                 for name in self.scores}
 
 
-def _backward_with_hooks(model: nn.Module, params: list[nn.Parameter], ids: torch.Tensor,
+def next_token_loss(adapter: ModelAdapter, ids: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy (float32), as transformers' ``labels=`` loss, with bounded memory.
+
+    The LM head and the loss run on ``chunk_tokens`` positions at a time under activation checkpointing,
+    so the logits of the whole batch and their gradient never exist at once: only one chunk's, again
+    in the backward pass. The sum over chunks is divided by the token count, as the mean it replaces.
+    """
+    hidden = adapter.normed_final_hidden(ids)[:, :-1]
+    targets = ids[:, 1:]
+    step = max(1, (chunk_tokens or LOSS_CHUNK_TOKENS) // ids.shape[0])
+
+    def chunk_sum(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = adapter.head_logits(h).float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t.reshape(-1), reduction="sum")
+
+    total = sum(checkpoint(chunk_sum, hidden[:, s:s + step], targets[:, s:s + step], use_reentrant=False)
+                for s in range(0, targets.shape[1], step))
+    return total / targets.numel()
+
+
+def _backward_with_hooks(adapter: ModelAdapter, params: list[nn.Parameter], ids: torch.Tensor,
                          on_grad: Callable[[nn.Parameter, torch.Tensor], None]) -> float:
     """Forward + backward; each parameter's gradient goes to ``on_grad`` as soon as it is ready, then is freed."""
     def hook(param: nn.Parameter) -> None:
@@ -189,7 +224,7 @@ def _backward_with_hooks(model: nn.Module, params: list[nn.Parameter], ids: torc
 
     handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
     try:
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss = next_token_loss(adapter, ids)
         loss.backward()
     finally:
         for handle in handles:
@@ -200,15 +235,25 @@ def _backward_with_hooks(model: nn.Module, params: list[nn.Parameter], ids: torc
 def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dict[str, torch.Tensor],
                       options: DPrunerOptions, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """S for every prunable weight; the model's weights are restored before returning."""
+    training = options.steps > 0
+    # the updates change every weight: the originals wait on disk, read back one matrix at a time
+    with DiskTensors(options.offload_dir, prefix="secateurs-dpruner-") if training else contextlib.nullcontext() as originals:
+        return _domain_importance(adapter, windows, general, options, originals, progress)
+
+
+def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dict[str, torch.Tensor],
+                       options: DPrunerOptions, originals: DiskTensors | None,
+                       progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     model = adapter.model
     acc = DomainImportance(adapter, general, options)
-    training = options.steps > 0
+    training = originals is not None
     params = [p for p in model.parameters() if training or p in acc.targets]
     saved_flags = {p: p.requires_grad for p in model.parameters()}
-    originals = {n: p.detach().clone() for n, p in model.named_parameters()} if training else {}
     if training:
+        for name, p in model.named_parameters():
+            originals.put(name, p)
         name_of = {p: n for n, p in model.named_parameters()}
-        acc.origin = {name: originals[name_of[p]].float() for p, name in acc.targets.items()}
+        acc.originals, acc.parameter_name = originals, {name: name_of[p] for p, name in acc.targets.items()}
     device = device_of(model)
     batches = [b.to(device) for b in windows.input_ids.split(options.update_batch_size)]
     total_updates = max(1, options.steps) * len(batches)
@@ -231,7 +276,7 @@ def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dic
                     acc.accumulate(param, g)
                     norm_sq[0] += float(torch.linalg.vector_norm(g)) ** 2
 
-                losses.append(_backward_with_hooks(model, params, ids, importance_step))
+                losses.append(_backward_with_hooks(adapter, params, ids, importance_step))
                 if not math.isfinite(losses[-1]):
                     raise SecateursError(f"D-Pruner: the loss at update {update + 1} of {total_updates} is {losses[-1]} "
                                          "(try a smaller --dpruner-lr)")
@@ -243,15 +288,15 @@ def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dic
                         with torch.no_grad():
                             param.sub_(scale * g.to(param.dtype))
 
-                    _backward_with_hooks(model, params, ids, update_step)
+                    _backward_with_hooks(adapter, params, ids, update_step)
                 acc.lr_previous = lr
                 bar.set_postfix_str(f"loss {losses[-1]:.3f}")
                 bar.update(1)
     finally:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if name in originals:
-                    p.copy_(originals[name])
+                if originals is not None and name in originals:
+                    p.copy_(originals.get(name))
                 p.requires_grad_(saved_flags[p])
         model.train(was_training)
     info = {
@@ -286,6 +331,7 @@ class DPruner(UnstructuredMethod):
                 raise SecateursError("dpruner needs general calibration data (--general-calib) or --general-importance")
             general = general_importance(adapter, data.general, general_pattern, options, progress)
             general_source = "computed"
+        general = {name: g.to(GENERAL_DTYPES[options.general_dtype]) for name, g in general.items()}  # held (and saved) so
         scores, info = domain_importance(adapter, data.domain, general, options, progress)
         for name, linear in adapter.prunable_linears().items():
             apply_mask(linear, select_mask(scores[name], pattern))
@@ -298,7 +344,7 @@ class DPruner(UnstructuredMethod):
             notes.append("variant 'code': the authors' code's penalty (2 lambda lr^2 G g^2 / 1000) and "
                          "accumulation |t + t^2/2000 + w^3| (float32, loss scale 1)")
         saved = Artifact(GENERAL_IMPORTANCE_FILE, general,
-                         {"format": IMPORTANCE_FORMAT, "pattern": general_pattern.describe()})
+                         {"format": IMPORTANCE_FORMAT, "pattern": general_pattern.describe(), "dtype": options.general_dtype})
         details = {
             "pattern": pattern.describe(), "score": self.score_name, "protocol": "sequential (general importance)",
             "propagate": options.propagate, "general_importance": general_source,

@@ -1,0 +1,79 @@
+"""Tensors kept on disk instead of in memory, read back one at a time when needed.
+
+:class:`DiskTensors` writes each tensor's raw bytes to its own file in a private temporary directory.
+``get`` reads one back into a fresh tensor that the caller frees when done with it, so the store costs
+memory only for the tensor in use (the operating system may keep the files in its page cache, which it
+gives up under pressure and which does not count toward the process's resident set). The directory is
+removed when the store is closed (it is a context manager), also after an error.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import SecateursError
+from .files import check_free_space
+
+# numpy has no bfloat16: such tensors are stored as their raw 16 bits and viewed back
+_STORAGE = {torch.float32: (np.float32, None), torch.float16: (np.float16, None),
+            torch.bfloat16: (np.int16, torch.int16), torch.int64: (np.int64, None)}
+
+
+class DiskTensors:
+    """A temporary, private store of named tensors on disk (``directory``: where; default the system's)."""
+
+    def __init__(self, directory: str | Path | None = None, prefix: str = "secateurs-offload-"):
+        try:
+            self.root = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+        except OSError as exc:
+            raise SecateursError(f"cannot create an offload directory in {directory or tempfile.gettempdir()}: "
+                                 f"{exc.strerror or exc}") from exc
+        self._index: dict[str, tuple[str, torch.dtype, tuple[int, ...]]] = {}
+
+    def __enter__(self) -> "DiskTensors":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._index.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        """Write ``tensor`` (detached, moved to the CPU) under ``name``."""
+        if tensor.dtype not in _STORAGE:
+            raise SecateursError(f"offload: tensors of dtype {tensor.dtype} are not supported")
+        file = f"{len(self._index)}.bin"
+        data = tensor.detach().to("cpu").contiguous()
+        view = _STORAGE[tensor.dtype][1]
+        array = (data.view(view) if view is not None else data).numpy()
+        check_free_space(self.root / file, array.nbytes)
+        try:
+            array.tofile(self.root / file)
+        except OSError as exc:
+            raise SecateursError(f"offload to {self.root} failed: {exc.strerror or exc}") from exc
+        self._index[name] = (file, tensor.dtype, tuple(tensor.shape))
+
+    def get(self, name: str) -> torch.Tensor:
+        """A fresh copy of the tensor stored as ``name``, read from its file."""
+        file, dtype, shape = self._index[name]
+        np_dtype, view = _STORAGE[dtype]
+        try:
+            array = np.fromfile(self.root / file, dtype=np_dtype)
+        except OSError as exc:
+            raise SecateursError(f"offload: cannot read {self.root / file} back: {exc.strerror or exc}") from exc
+        tensor = torch.from_numpy(array).view(shape)
+        return tensor.view(dtype) if view is not None else tensor
+
+    def nbytes(self) -> int:
+        return sum((self.root / file).stat().st_size for file, _, _ in self._index.values())
