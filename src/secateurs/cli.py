@@ -20,7 +20,9 @@ from .evaluation.perplexity import DEFAULT_BATCH_SIZE
 from .evaluation.tasks import SUITES, task_names
 from .export import ENGINES, FORMATS as EXPORT_FORMATS, GGUF_TYPES, INSIDE_PRUNED_DIRECTORY, export
 from .files import check_output_path, write_json_atomic, write_text_atomic
+from .models.loading import DTYPES
 from .options import flag_of, own_fields
+from .plan import METHODS as PLAN_METHODS, RunShape, load_config, make_plan, parse_bytes, render
 from .registry import METHODS, get_method, list_methods, make_options
 from .reporting.markdown import render_comparison, render_results
 from .run.prune import prune, run_spec
@@ -174,6 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--gguf-type", default="f32", help=f"GGUF tensor type: {', '.join(GGUF_TYPES)} (default f32)")
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
+    pl = sub.add_parser("plan", help="memory and work of a run, from the model's config alone (no weights loaded)")
+    pl.add_argument("model", help="a config.json file, model directory, built-in alias or cached hub id")
+    pl.add_argument("--method", required=True, help=f"one of {', '.join(PLAN_METHODS)}")
+    pl.add_argument("--dtype", default="auto", help="weights' dtype: auto (the config's), float32, bfloat16, float16")
+    pl.add_argument("--windows", type=int, default=64, help="calibration windows (default 64)")
+    pl.add_argument("--seqlen", type=int, default=512, help="window length (default 512)")
+    pl.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
+    pl.add_argument("--blocks", type=int, default=8, help="blocks a structured search removes (default 8)")
+    pl.add_argument("--domain-windows", type=int, default=64, help="D-Pruner's domain windows (default 64)")
+    pl.add_argument("--dpruner-batch-size", type=int, default=8, help="D-Pruner's windows per update (default 8)")
+    pl.add_argument("--dpruner-steps", type=int, default=1, help="D-Pruner's epochs (default 1)")
+    pl.add_argument("--gpus", type=int, default=0, help="GPUs the run would use (the windows divide over them)")
+    pl.add_argument("--gpu-memory", help="memory of each GPU, e.g. 80GB: says whether the run fits")
+    pl.add_argument("--tflops", type=float, help="sustained TFLOP/s of one device, for a time estimate")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     da = sub.add_parser("data", help="list the named datasets and where they resolve")
     _add_data_options(da)
 
@@ -270,6 +288,28 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}{details}")
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    gpu_memory = parse_bytes(args.gpu_memory) if args.gpu_memory else None
+    for flag in ("windows", "seqlen", "batch_size", "domain_windows", "dpruner_batch_size"):
+        if getattr(args, flag) < 1:
+            raise SecateursError(f"--{flag.replace('_', '-')} must be at least 1")
+    config = load_config(args.model)
+    dtype = args.dtype
+    if dtype == "auto":
+        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        dtype = str(saved).removeprefix("torch.") if saved is not None else "float32"
+    if dtype not in DTYPES:
+        raise SecateursError(f"unknown dtype '{dtype}'; choose one of auto, {', '.join(DTYPES)}")
+    shape = RunShape(args.method, windows=args.windows, seqlen=args.seqlen, batch_size=args.batch_size,
+                     dtype_bytes=DTYPES[dtype].itemsize, blocks=args.blocks, domain_windows=args.domain_windows,
+                     update_batch_size=args.dpruner_batch_size, epochs=args.dpruner_steps)
+    plan = make_plan(config, shape)
+    if args.json:
+        print(json.dumps({"model": args.model, "shape": shape.__dict__, "dtype": dtype, **plan.as_dict()}, indent=2))
+    else:
+        print(render(plan, args.model, shape, args.gpus, gpu_memory, args.tflops, args.gpu_memory or ""))
+
+
 def _cmd_data(args: argparse.Namespace) -> None:
     rows = describe_data(args.data_dir)
     if resolve_data_dir(args.data_dir) is None:
@@ -296,7 +336,8 @@ def _silence_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-COMMANDS = {"eval": _cmd_eval, "prune": _cmd_prune, "export": _cmd_export, "data": _cmd_data, "methods": _cmd_methods}
+COMMANDS = {"eval": _cmd_eval, "prune": _cmd_prune, "export": _cmd_export, "plan": _cmd_plan, "data": _cmd_data,
+            "methods": _cmd_methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

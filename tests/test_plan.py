@@ -1,0 +1,86 @@
+"""`secateurs plan`: memory and work from a config alone, checked against published sizes and measured peaks."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_error
+from secateurs import SecateursError
+from secateurs.cli import main
+from secateurs.plan import GIB, RunShape, load_config, make_plan, parse_bytes
+
+CONFIGS = Path(__file__).parent / "fixtures" / "configs"
+RESULTS = Path(__file__).parent.parent / "benchmarks" / "results"
+PUBLISHED_PARAMETERS = {  # the model cards' exact counts
+    "llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248, "llama-2-70b": 68_976_648_192,
+    "qwen2.5-7b": 7_615_616_512, "smollm2-135m": 134_515_008,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_parameter_counts_from_the_config_alone(name):
+    plan = make_plan(load_config(str(CONFIGS / f"{name}.json")), RunShape("wanda", dtype_bytes=2))
+    assert plan.parameters == PUBLISHED_PARAMETERS[name]
+    assert plan.parts["weights"] == 2 * PUBLISHED_PARAMETERS[name]
+
+
+def test_sparsegpt_holds_one_layer_of_hessians_and_the_layer_cache():
+    config = load_config(str(CONFIGS / "llama-2-7b.json"))
+    plan = make_plan(config, RunShape("sparsegpt", windows=128, seqlen=2048, dtype_bytes=2))
+    hidden, intermediate = 4096, 11008  # q, k, v, o, gate, up read H columns; down reads I
+    assert plan.parts["statistics (Hessians)"] == (6 * hidden**2 + intermediate**2) * 4
+    assert plan.parts["layer input and output cache"] == 2 * 128 * 2048 * hidden * 2
+    assert plan.flops > make_plan(config, RunShape("wanda", windows=128, seqlen=2048, dtype_bytes=2)).flops  # + OBS
+
+
+def test_llama_2_70b_dpruner_does_not_fit_one_80gb_gpu_but_wanda_does():
+    config = load_config(str(CONFIGS / "llama-2-70b.json"))
+    dpruner = make_plan(config, RunShape("dpruner", dtype_bytes=2, seqlen=128))
+    wanda = make_plan(config, RunShape("wanda", dtype_bytes=2, windows=128, seqlen=2048))
+    assert dpruner.peak_bytes > 80e9 * 4  # S float32 + G bfloat16 + bf16 weights: 6 bytes x 69 B parameters
+    assert wanda.peak_bytes < dpruner.peak_bytes
+
+
+@pytest.mark.parametrize("config_name,dtype", [("domain step, G bfloat16 (default)", 2),
+                                               ("domain step, G float32", 4)])
+def test_plan_agrees_with_the_measured_dpruner_peak_on_smollm2(config_name, dtype):
+    measured = next(r for r in json.loads((RESULTS / "dpruner_memory.json").read_text())["after"]
+                    if r["name"] == config_name)
+    shape = RunShape("dpruner", seqlen=measured["seqlen"], dtype_bytes=4, domain_windows=measured["windows"],
+                     update_batch_size=measured["options"]["update_batch_size"], general_bytes=dtype)
+    predicted = make_plan(load_config(str(CONFIGS / "smollm2-135m.json")), shape).peak_bytes
+    assert abs(predicted - measured["peak_bytes"]) / measured["peak_bytes"] < 0.25, (predicted / GIB, measured["peak_bytes"] / GIB)
+
+
+def test_plan_command_prints_and_says_whether_it_fits(capsys):
+    assert main(["plan", str(CONFIGS / "llama-3-8b.json"), "--method", "sparsegpt", "--gpus", "8",
+                 "--gpu-memory", "80GB", "--tflops", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "8.030 B parameters" in out and "fits" in out and "bfloat16" not in out.splitlines()[0]
+    assert main(["plan", str(CONFIGS / "llama-3-8b.json"), "--method", "blockpruner", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dtype"] == "bfloat16" and plan["parts"]["weights"] == 2 * 8_030_261_248
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "wanda", "--gpu-memory", "80XB"], "cannot read the memory size '80XB'"),
+    (["--method", "nosuch"], "unknown method 'nosuch'"),
+    (["--method", "wanda", "--windows", "0"], "--windows must be at least 1"),
+])
+def test_plan_bad_input_is_one_line(capsys, argv, message):
+    assert message in cli_error(capsys, "plan", str(CONFIGS / "llama-2-7b.json"), *argv)
+
+
+def test_plan_of_a_missing_or_broken_config(tmp_path, capsys):
+    broken = tmp_path / "config.json"
+    broken.write_text("{not json")
+    assert "is not valid JSON" in cli_error(capsys, "plan", str(broken), "--method", "wanda")
+    with pytest.raises(SecateursError, match="cannot read the config"):
+        load_config(str(tmp_path / "nothing-here"))
+
+
+def test_parse_bytes():
+    assert parse_bytes("80GB") == 80 * 10**9 and parse_bytes("24GiB") == 24 * 2**30 and parse_bytes("512") == 512
+    with pytest.raises(SecateursError):
+        parse_bytes("-3GB")
