@@ -382,3 +382,39 @@ def test_dpruner_general_importance_in_bfloat16_moves_few_mask_entries():
         masks[dtype] = torch.cat([select_mask(s, Pattern(0.5, "row")).flatten() for s in scores.values()])
     agreement = (masks["float32"] == masks["bfloat16"]).float().mean().item()
     assert agreement > 0.99, agreement
+
+
+# --- the sequential pipeline's layer cache: on the device, in CPU memory or on disk ----------------------
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_offloaded_layer_cache_gives_the_same_masks(method, tmp_path):
+    from secateurs.unstructured.methods import Calibration
+
+    weights = {}
+    for offload in ("none", "cpu", "disk"):
+        model = tiny_model("llama", seed=4)
+        adapter = ModelAdapter(model)
+        options = get_method(method).options(sparsity=0.5, batch_size=2, offload=offload, offload_dir=str(tmp_path))
+        get_method(method).apply(adapter, Calibration(general=_windows()), options, progress=False)
+        weights[offload] = {n: m.weight.detach().clone() for n, m in adapter.prunable_linears().items()}
+        assert not list(tmp_path.iterdir())  # the disk cache is gone afterwards
+    for offload in ("cpu", "disk"):
+        for name, w in weights["none"].items():
+            assert torch.equal(weights[offload][name], w), (offload, name)  # bit-identical, not just the masks
+
+
+def test_disk_cache_is_removed_after_an_error_and_a_bad_directory_is_one_line(tmp_path, monkeypatch):
+    from secateurs.unstructured import methods
+    from secateurs.unstructured.methods import Calibration
+
+    adapter = ModelAdapter(tiny_model("llama", seed=4))
+    options = get_method("wanda").options(sparsity=0.5, offload="disk", offload_dir=str(tmp_path))
+    monkeypatch.setattr(methods.Wanda, "prune_linear", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        get_method("wanda").apply(adapter, Calibration(general=_windows()), options, progress=False)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    bad = get_method("wanda").options(sparsity=0.5, offload="disk", offload_dir=str(tmp_path / "missing"))
+    with pytest.raises(SecateursError, match="cannot create an offload directory"):
+        get_method("wanda").apply(adapter, Calibration(general=_windows()), bad, progress=False)
+    with pytest.raises(SecateursError, match="--offload must be one of none, cpu, disk"):
+        get_method("wanda").options(sparsity=0.5, offload="gpu")

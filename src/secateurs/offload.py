@@ -1,10 +1,13 @@
-"""Tensors kept on disk instead of in memory, read back one at a time when needed.
+"""Tensors kept on disk (or in CPU memory) instead of on the compute device, read back one at a time.
 
 :class:`DiskTensors` writes each tensor's raw bytes to its own file in a private temporary directory.
 ``get`` reads one back into a fresh tensor that the caller frees when done with it, so the store costs
 memory only for the tensor in use (the operating system may keep the files in its page cache, which it
 gives up under pressure and which does not count toward the process's resident set). The directory is
 removed when the store is closed (it is a context manager), also after an error.
+
+:class:`ActivationCache` holds what the layer-by-layer pipelines cache per calibration batch (the
+residual stream entering a layer) on the device, in CPU memory or in a :class:`DiskTensors` store.
 """
 
 from __future__ import annotations
@@ -77,3 +80,51 @@ class DiskTensors:
 
     def nbytes(self) -> int:
         return sum((self.root / file).stat().st_size for file, _, _ in self._index.values())
+
+
+OFFLOAD = ("none", "cpu", "disk")  # where an activation cache lives: the compute device, CPU memory, disk
+
+
+class ActivationCache:
+    """One tensor per calibration batch (the residual stream at one point of the decoder), kept where
+    ``offload`` says: on the compute device (``none``), in CPU memory (``cpu``) or on disk (``disk``).
+    Reading a batch gives it back on ``device``. Close it (or use it as a context manager) to free it.
+    """
+
+    def __init__(self, offload: str, device: torch.device, directory: str | Path | None = None):
+        if offload not in OFFLOAD:
+            raise SecateursError(f"--offload must be one of {', '.join(OFFLOAD)}, got '{offload}'")
+        self.offload, self.device = offload, device
+        self._memory: list[torch.Tensor] = []
+        self._disk = DiskTensors(directory, prefix="secateurs-activations-") if offload == "disk" else None
+        self._count = 0
+
+    def __enter__(self) -> "ActivationCache":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def append(self, tensor: torch.Tensor) -> None:
+        if self._disk is not None:
+            self._disk.put(str(self._count), tensor)
+        else:
+            self._memory.append(tensor.to("cpu") if self.offload == "cpu" else tensor)
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        stored = self._disk.get(str(index)) if self._disk is not None else self._memory[index]
+        return stored.to(self.device)
+
+    def __iter__(self):
+        return (self[i] for i in range(self._count))
+
+    def close(self) -> None:
+        self._memory.clear()
+        if self._disk is not None:
+            self._disk.close()

@@ -27,6 +27,7 @@ ACTIVATION_ELEMENTS = {"hidden": 10, "intermediate": 6}
 FORWARD_ELEMENTS = {"hidden": 4, "intermediate": 3}  # what one layer's forward alone holds at its peak
 LOSS_CHUNK_TOKENS = 512  # D-Pruner's chunked loss (unstructured/dpruner.py)
 LOGIT_COPIES = 3  # logits, their float32 softmax, their gradient
+LAYER_CACHE = "layer input and output cache"  # the sequential pipeline's; --offload moves it off the device
 STRUCTURED = ("blockpruner", "sleb", "ppl", "finercut", "shortgpt", "rm")
 SEQUENTIAL = ("wanda", "sparsegpt", "dpruner")
 METHODS = ("magnitude", *SEQUENTIAL, *STRUCTURED)
@@ -126,7 +127,7 @@ def make_plan(config: Any, shape: RunShape) -> Plan:
     passes: dict[str, float] = {}
     notes: list[str] = []
     if shape.method in SEQUENTIAL:
-        parts["layer input and output cache"] = 2 * tokens * stream
+        parts[LAYER_CACHE] = 2 * tokens * stream
         parts["one layer's forward"] = batch_tokens * forward
         shapes = _linear_shapes(adapter, 0)  # every layer has the same projections
         if shape.method == "wanda":
@@ -203,6 +204,10 @@ def render(plan: Plan, model: str, shape: RunShape, gpus: int = 0, gpu_memory: i
     for name, size in plan.parts.items():
         lines.append(f"  {name:<{width}}  {size / GIB:9.2f} GiB")
     lines.append(f"  {'total':<{width}}  {plan.peak_bytes / GIB:9.2f} GiB")
+    cache = plan.parts.get(LAYER_CACHE)
+    if cache:
+        lines.append(f"  {'with --offload cpu or disk':<{width}}  {(plan.peak_bytes - cache) / GIB:9.2f} GiB on the "
+                     "compute device (the layer cache moves off it, one batch at a time comes back)")
     if gpus and gpu_memory:
         verdict = "fits" if plan.peak_bytes <= gpu_memory else "does NOT fit"
         lines.append(f"  on one GPU of {gpu_memory_text or f'{gpu_memory / GIB:.1f} GiB'}: {verdict}")

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..offload import ActivationCache
 from .adapter import Block, ModelAdapter
 
 FINAL = "final"  # key of the last hidden state (entering the final norm) among the captured streams
@@ -61,14 +62,14 @@ class Recorder:
 class LayerInputs:
     """The residual stream entering one layer, per batch of windows, and each layer's call kwargs."""
 
-    hidden: list[torch.Tensor]
+    hidden: ActivationCache  # per batch, where the run's --offload keeps it
     kwargs: list[list[dict[str, Any]]]  # per batch, per layer (masks and rotary tables differ by layer type)
 
 
 @torch.no_grad()
-def capture_layer_inputs(adapter: ModelAdapter, batches: list[torch.Tensor]) -> LayerInputs:
-    """Run the decoder once per batch; keep what enters layer 0 and every layer's call arguments."""
-    hidden, kwargs = [], []
+def capture_layer_inputs(adapter: ModelAdapter, batches: list[torch.Tensor], hidden: ActivationCache) -> LayerInputs:
+    """Run the decoder once per batch; keep what enters layer 0 (in ``hidden``) and every layer's call arguments."""
+    kwargs = []
     for ids in batches:
         streams: Streams = {}
         calls: list[dict] = [{} for _ in range(adapter.num_layers)]
@@ -91,6 +92,8 @@ def run_layers(adapter: ModelAdapter, hidden: torch.Tensor, layer_kwargs: list[d
 
 
 @torch.no_grad()
-def run_layer_on_all(adapter: ModelAdapter, index: int, inputs: LayerInputs) -> list[torch.Tensor]:
-    """Layer ``index`` on every captured batch: the streams that enter the next layer."""
-    return [adapter.run_layer(index, hidden, kwargs[index]) for hidden, kwargs in zip(inputs.hidden, inputs.kwargs)]
+def run_layer_on_all(adapter: ModelAdapter, index: int, inputs: LayerInputs, out: ActivationCache) -> ActivationCache:
+    """Layer ``index`` on every captured batch; ``out`` receives the streams that enter the next layer."""
+    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
+        out.append(adapter.run_layer(index, hidden, kwargs[index]))
+    return out

@@ -70,8 +70,6 @@ class DPrunerOptions(OBSOptions):
                                                   "instead of computing it")
     general_dtype: str = option("bfloat16", "dtype G is held in during the domain step (its scale only weighs "
                                             "the penalty)", flag="--dpruner-general-dtype", choices=GENERAL_DTYPES)
-    offload_dir: str | None = option(None, "where the original weights wait during the updates (default: the "
-                                           "system's temporary directory)", flag="--dpruner-offload-dir")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,8 +103,8 @@ def general_importance(adapter: ModelAdapter, windows: TokenWindows, pattern: Pa
                 linear.weight.copy_(result.weight)  # so that later layers see pruned outputs
 
     try:
-        run_sequential(adapter, windows, options.batch_size, lambda m: {"hessian": Hessian(m)}, prune_layer,
-                       options.propagate, progress, desc="general importance")
+        run_sequential(adapter, windows, options, lambda m: {"hessian": Hessian(m)}, prune_layer, progress,
+                       desc="general importance")
     finally:
         with torch.no_grad():
             for name, linear in linears.items():
@@ -236,7 +234,7 @@ def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dic
                       options: DPrunerOptions, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """S for every prunable weight; the model's weights are restored before returning."""
     training = options.steps > 0
-    # the updates change every weight: the originals wait on disk, read back one matrix at a time
+    # the updates change every weight: the originals wait on disk (--offload-dir), read back one matrix at a time
     with DiskTensors(options.offload_dir, prefix="secateurs-dpruner-") if training else contextlib.nullcontext() as originals:
         return _domain_importance(adapter, windows, general, options, originals, progress)
 

@@ -26,10 +26,12 @@ from ..files import Artifact
 from ..options import option
 from .masks import Pattern, parse_nm, select_mask
 from .obs import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPING, obs_prune
-from .sequential import PROPAGATE, run_sequential
+from ..offload import OFFLOAD
+from .sequential import run_sequential
 from .collectors import Collector, Hessian, InputNorms
 
 SPARSITY_OF = ("matrices", "all")
+PROPAGATE = ("pruned", "dense")  # what the sequential pipeline feeds the next layer
 
 
 @dataclass
@@ -47,6 +49,10 @@ class UnstructuredOptions:
     batch_size: int = option(4, "windows per forward pass", run_level=True)
     propagate: str = option("pruned", "what the next layer is calibrated on: the pruned or the dense layers' outputs",
                             choices=PROPAGATE)
+    offload: str = option("none", "where the layer cache lives: none (the compute device), cpu (memory) or disk",
+                          choices=OFFLOAD)
+    offload_dir: str | None = option(None, "directory for what is offloaded to disk (default: the system's "
+                                           "temporary directory); removed afterwards")
 
     def __post_init__(self) -> None:
         if self.sparsity is None and self.nm is None:
@@ -59,6 +65,8 @@ class UnstructuredOptions:
             raise SecateursError(f"--sparsity-of must be one of {', '.join(SPARSITY_OF)}, got '{self.sparsity_of}'")
         if self.propagate not in PROPAGATE:
             raise SecateursError(f"--propagate must be one of {', '.join(PROPAGATE)}, got '{self.propagate}'")
+        if self.offload not in OFFLOAD:
+            raise SecateursError(f"--offload must be one of {', '.join(OFFLOAD)}, got '{self.offload}'")
         if self.batch_size < 1:
             raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
         Pattern(self.sparsity, self.group or "row", self.nm)  # validates N:M and the group name
@@ -152,8 +160,8 @@ class UnstructuredMethod:
             for name, linear in linears.items():
                 self.prune_linear(linear, stats[name], pattern, options)
 
-        run_sequential(adapter, data.general, options.batch_size, self.collectors, prune_layer,
-                       options.propagate, progress, desc=type(self).__name__.lower())
+        run_sequential(adapter, data.general, options, self.collectors, prune_layer, progress,
+                       desc=type(self).__name__.lower())
         return Pruned({"pattern": pattern.describe(), "score": self.score_name, "protocol": "sequential",
                        "propagate": options.propagate})
 

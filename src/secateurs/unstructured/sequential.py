@@ -4,23 +4,28 @@ The decoder layers are handled one at a time. The calibration windows' residual 
 current layer is cached (one tensor per batch); statistics collectors are hooked on the layer's linear
 projections while it runs on that cache; a callback prunes the layer; the layer then runs again so the
 next layer sees the outputs of the already-pruned layers before it. Memory is one layer's statistics
-plus the activation cache, never a second model.
+plus the activation cache, never a second model. The cache lives where ``--offload`` says: on the compute
+device (``none``), in CPU memory (``cpu``) or on disk (``disk``, in ``--offload-dir``), one batch at a
+time coming back to the device; the results are bit-identical in all three (a test).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.adapter import ModelAdapter
-from ..models.capture import capture_layer_inputs, run_layer_on_all
+from ..models.capture import LayerInputs, capture_layer_inputs, run_layer_on_all
+from ..offload import ActivationCache
 from ..resources import device_of
 from ..data import TokenWindows
 from .collectors import Collector
 
-PROPAGATE = ("pruned", "dense")
+if TYPE_CHECKING:
+    from .methods import UnstructuredOptions
+
 
 CollectorFactory = Callable[[nn.Linear], dict[str, Collector]]
 LayerCallback = Callable[[int, dict[str, nn.Linear], dict[str, dict[str, Collector]]], None]
@@ -29,25 +34,47 @@ LayerCallback = Callable[[int, dict[str, nn.Linear], dict[str, dict[str, Collect
 def run_sequential(
     adapter: ModelAdapter,
     windows: TokenWindows,
-    batch_size: int,
+    options: "UnstructuredOptions",
     collectors: CollectorFactory,
     prune_layer: LayerCallback,
-    propagate: str = "pruned",
     progress: bool = True,
     desc: str = "layers",
 ) -> None:
-    """Prune the decoder layer by layer; ``prune_layer(i, linears, stats)`` does the work per layer."""
+    """Prune the decoder layer by layer; ``prune_layer(i, linears, stats)`` does the work per layer.
+
+    ``options`` gives the batch size, what to propagate, and where the layer cache lives (``offload``).
+    """
     device = device_of(adapter.model)
-    inputs = capture_layer_inputs(adapter, [ids.to(device) for ids in windows.input_ids.split(batch_size)])
-    for index in tqdm(range(adapter.num_layers), desc=desc, unit="layer", disable=not progress):
-        linears = adapter.layer_linears(index)
-        stats = {name: collectors(linear) for name, linear in linears.items()}
-        hooks = [linear.register_forward_hook(c.update) for name, linear in linears.items() for c in stats[name].values()]
-        try:
-            dense_out = run_layer_on_all(adapter, index, inputs)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        prune_layer(index, linears, stats)
-        inputs.hidden = dense_out if propagate == "dense" else run_layer_on_all(adapter, index, inputs)
-        del stats
+
+    def cache() -> ActivationCache:
+        return ActivationCache(options.offload, device, options.offload_dir)
+
+    batches = [ids.to(device) for ids in windows.input_ids.split(options.batch_size)]
+    inputs = LayerInputs(cache(), [])
+    try:
+        inputs = capture_layer_inputs(adapter, batches, inputs.hidden)
+        for index in tqdm(range(adapter.num_layers), desc=desc, unit="layer", disable=not progress):
+            linears = adapter.layer_linears(index)
+            stats = {name: collectors(linear) for name, linear in linears.items()}
+            out = cache()  # what enters the next layer
+            try:
+                hooks = [linear.register_forward_hook(c.update) for name, linear in linears.items()
+                         for c in stats[name].values()]
+                try:
+                    run_layer_on_all(adapter, index, inputs, out)
+                finally:
+                    for hook in hooks:
+                        hook.remove()
+                prune_layer(index, linears, stats)
+                if options.propagate == "pruned":  # the next layer sees this layer's pruned outputs
+                    out.close()
+                    out = cache()
+                    run_layer_on_all(adapter, index, inputs, out)
+            except BaseException:
+                out.close()
+                raise
+            inputs.hidden.close()
+            inputs.hidden = out
+            del stats
+    finally:
+        inputs.hidden.close()
