@@ -84,3 +84,27 @@ def test_parse_bytes():
     assert parse_bytes("80GB") == 80 * 10**9 and parse_bytes("24GiB") == 24 * 2**30 and parse_bytes("512") == 512
     with pytest.raises(SecateursError):
         parse_bytes("-3GB")
+
+
+def _measured_on_the_1_5b():
+    """Every run of benchmarks/large_model.py on qwen2.5-coder-1.5b with its peak RSS (the committed results)."""
+    runs = []
+    for file in sorted(RESULTS.glob("large_model*.json")):
+        runs += [r for r in json.loads(file.read_text())["results"] if "peak_rss_gib" in r]
+    return runs
+
+
+@pytest.mark.parametrize("run", _measured_on_the_1_5b(), ids=lambda r: r["name"])
+def test_plan_agrees_with_the_measured_peaks_on_the_1_5b_model(run):
+    from secateurs.plan import CPU_RUNTIME_BYTES
+
+    config = load_config(str(CONFIGS / "qwen2.5-coder-1.5b.json"))
+    shape = RunShape(run["method"], windows=run["samples"], seqlen=run["seqlen"],
+                     blocks=run["options"].get("blocks", 8))
+    plan = make_plan(config, shape)
+    streamed = run["options"].get("offload") == "disk" and plan.offloaded is not None
+    predicted = (plan.offloaded_peak_bytes if streamed else plan.peak_bytes) + CPU_RUNTIME_BYTES
+    if run.get("eval_windows"):  # the evaluation's logits: one batch, float32, and their log-softmax
+        predicted += 2 * min(run["eval_windows"], 4) * run["seqlen"] * config.vocab_size * 4
+    measured = run["peak_rss_gib"] * GIB
+    assert abs(predicted - measured) / measured < 0.25, (predicted / GIB, measured / GIB)

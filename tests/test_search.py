@@ -14,9 +14,9 @@ def _windows(n=5, seqlen=24, seed=0):
     return TokenWindows(ids, {"windows": n, "seqlen": seqlen})
 
 
-def _search(model, fast, units_of=block_units, steps=4, batch_size=2):
+def _search(model, fast, units_of=block_units, steps=4, batch_size=2, keep_layers=None):
     adapter = ModelAdapter(model)
-    evaluator = VariantEvaluator(adapter, _windows(), batch_size=batch_size, fast=fast)
+    evaluator = VariantEvaluator(adapter, _windows(), batch_size=batch_size, fast=fast, keep_layers=keep_layers)
     return greedy_search(adapter, units_of(adapter), evaluator, max_steps=steps, progress=False), evaluator.cost
 
 
@@ -31,6 +31,42 @@ def test_fast_search_picks_exactly_the_naive_blocks(family):
         assert completed and all(b.candidates[k] == v for k, v in completed.items())
     assert fast_cost.block_window_evals < naive_cost.block_window_evals
     assert naive_cost.abandoned == 0
+
+
+def test_a_budgeted_prefix_cache_recomputes_and_picks_the_same_blocks(family):
+    model = tiny_model(family, seed=3)
+    full, full_cost = _search(model, fast=True, steps=3)
+    for keep in (1, 2):  # the tiny models have 3 layers: layer 0's input only, then layers 0 and 1
+        budgeted, cost = _search(model, fast=True, steps=3, keep_layers=keep)
+        assert [s.unit for s in budgeted] == [s.unit for s in full]
+        for a, b in zip(budgeted, full):
+            assert a.score == b.score  # bit-identical
+            assert all(a.candidates[k] == v for k, v in b.candidates.items() if v is not None and a.candidates[k] is not None)
+        assert cost.cached_streams_per_batch == keep + 1 < full_cost.cached_streams_per_batch == 7
+        assert cost.block_window_evals > full_cost.block_window_evals  # the recomputed layers are counted
+
+
+def test_max_memory_sizes_the_prefix_cache(capsys):
+    import pytest
+    from secateurs import SecateursError
+    from secateurs.plan import CPU_RUNTIME_BYTES, PREFIX_CACHE, RunShape, make_plan
+    from secateurs.structured.methods import SearchOptions, prefix_cache_layers
+
+    adapter = ModelAdapter(tiny_model("llama"))
+    windows = _windows()
+    plan = make_plan(adapter.model.config, RunShape("blockpruner", windows=5, seqlen=24, batch_size=4))
+    stream = windows.input_ids.numel() * adapter.model.config.hidden_size * 4
+    assert plan.parts[PREFIX_CACHE] == 7 * stream  # 2L + 1 streams of every window
+    fixed = CPU_RUNTIME_BYTES + plan.peak_bytes - plan.parts[PREFIX_CACHE]  # weights, one batch, the runtime
+    assert prefix_cache_layers(adapter, windows, SearchOptions(blocks=1)) is None
+    assert prefix_cache_layers(adapter, windows, SearchOptions(blocks=1, max_memory="100GB")) is None
+    for streams in (2, 3, 6):  # room for that many streams: layer inputs kept = streams - 1 (the last stream)
+        budget = str(fixed + streams * stream)
+        assert prefix_cache_layers(adapter, windows, SearchOptions(blocks=1, max_memory=budget)) == streams - 1
+    with pytest.raises(SecateursError, match="--max-memory 1MB is too small: the search needs about"):
+        prefix_cache_layers(adapter, windows, SearchOptions(blocks=1, max_memory="1MB"))
+    with pytest.raises(SecateursError, match="cannot read the memory size"):
+        SearchOptions(blocks=1, max_memory="lots")
 
 
 def test_naive_scores_are_the_perplexity_of_each_variant():
@@ -94,3 +130,29 @@ def test_the_bound_abandons_candidates_without_their_full_head():
     _, cost = _search(model, fast=True)
     assert cost.bound_window_evals > 0 and cost.abandoned > 0
     assert cost.head_window_evals < cost.completed * 5 + cost.abandoned * 5
+
+
+def test_statistics_layer_by_layer_equal_those_of_the_whole_prefix_cache(family, tmp_path):
+    from secateurs.models.capture import FINAL
+    from secateurs.registry import get_method
+    from secateurs.structured.methods import StatisticOptions, _unit_boundaries
+
+    adapter = ModelAdapter(tiny_model(family, seed=2))
+    windows = _windows()
+    states = VariantEvaluator(adapter, windows, batch_size=2).capture()  # every block's input, all at once
+    for method in ("shortgpt", "relative-magnitude"):
+        for unit_kind in ("layer", "block"):
+            chosen = get_method(method)
+            units = chosen.units(adapter, StatisticOptions(blocks=1, unit=unit_kind))
+            expected = {}
+            for unit in units:
+                start, end = _unit_boundaries(adapter, unit)
+                values = torch.cat([chosen.statistic(s[start].float(), s[end].float()).flatten() for s in states])
+                expected[unit.name] = values.double().mean().item()
+            for offload in ("none", "disk"):
+                options = StatisticOptions(blocks=len(units) // 2, unit=unit_kind, batch_size=2, offload=offload,
+                                           offload_dir=str(tmp_path))
+                steps = chosen.select(adapter, windows, options, progress=False).steps
+                assert all(step.score == expected[step.unit] for step in steps)  # bit-identical
+                assert not list(tmp_path.iterdir())
+    assert FINAL in states[0]

@@ -8,12 +8,15 @@ removed when the store is closed (it is a context manager), also after an error.
 
 :class:`ActivationCache` holds what the layer-by-layer pipelines cache per calibration batch (the
 residual stream entering a layer) on the device, in CPU memory or in a :class:`DiskTensors` store.
+
+:class:`OffloadOptions` and :class:`BudgetOption` are the options the methods that walk the decoder share.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import torch
 
 from .errors import SecateursError
 from .files import check_free_space
+from .options import option
 
 # numpy has no bfloat16: such tensors are stored as their raw 16 bits and viewed back
 _STORAGE = {torch.float32: (np.float32, None), torch.float16: (np.float16, None),
@@ -83,6 +87,58 @@ class DiskTensors:
 
 
 OFFLOAD = ("none", "cpu", "disk")  # where an activation cache lives: the compute device, CPU memory, disk
+
+
+def parse_bytes(text: str) -> int:
+    """``80GB``, ``80GiB``, ``512MB``, ``1.5TB`` or a plain number of bytes."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("kmgtib")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1
+    if value < 0 or unit not in units:
+        raise SecateursError(f"cannot read the memory size '{text}' (use e.g. 80GB, 24GiB, 512MB)")
+    return int(value * units[unit])
+
+
+@dataclass
+class OffloadOptions:
+    """Offload: where what waits between decoder layers lives.
+
+    A mixin of the options classes whose methods walk the decoder one layer at a time.
+    """
+
+    offload: str = option("none", "where the stream between layers waits: none (the compute device), cpu (memory) "
+                                  "or disk; with disk, magnitude, wanda and sparsegpt also read the weights from "
+                                  "their safetensors files one layer at a time", choices=OFFLOAD)
+    offload_dir: str | None = option(None, "directory for what is offloaded to disk (default: the system's "
+                                           "temporary directory); removed afterwards")
+
+    def __post_init__(self) -> None:
+        if self.offload not in OFFLOAD:
+            raise SecateursError(f"--offload must be one of {', '.join(OFFLOAD)}, got '{self.offload}'")
+        getattr(super(), "__post_init__", lambda: None)()
+
+
+@dataclass
+class BudgetOption:
+    """Memory budget: what the run may hold, instead of choosing the offload by hand.
+
+    A mixin of the options classes whose methods can trade memory for disk or for recomputation.
+    """
+
+    max_memory: str | None = option(None, "a memory budget, e.g. 8GiB: the sequential methods choose --offload "
+                                          "from `secateurs plan`'s prediction; the block search keeps the part of its "
+                                          "prefix cache that fits and recomputes the rest (same choices)")
+
+    def __post_init__(self) -> None:
+        if self.max_memory is not None:
+            parse_bytes(self.max_memory)  # a budget that does not parse fails before anything loads
+        getattr(super(), "__post_init__", lambda: None)()
 
 
 class ActivationCache:

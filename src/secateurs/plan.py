@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import SecateursError
+from .offload import parse_bytes  # noqa: F401 - `secateurs plan --gpu-memory` reads sizes with it
 from .models.adapter import ModelAdapter
 
 GIB = 2**30
@@ -28,6 +29,11 @@ FORWARD_ELEMENTS = {"hidden": 4, "intermediate": 3}  # what one layer's forward 
 LOSS_CHUNK_TOKENS = 512  # D-Pruner's chunked loss (unstructured/dpruner.py)
 LOGIT_COPIES = 3  # logits, their float32 softmax, their gradient
 LAYER_CACHE = "layer input and output cache"  # the sequential pipeline's; --offload moves it off the device
+# what the process itself holds on the CPU before any weight: Python, torch, transformers, a tokenizer
+# (measured: benchmarks/README.md, "The plan against measured peaks")
+CPU_RUNTIME_BYTES = int(0.5 * 2**30)
+PREFIX_CACHE = "prefix cache (every block's input)"  # the block search's; --max-memory keeps fewer
+STREAMS_WEIGHTS = ("magnitude", "wanda", "sparsegpt")  # --offload disk leaves their weights in the files
 STRUCTURED = ("blockpruner", "sleb", "ppl", "finercut", "shortgpt", "rm")
 SEQUENTIAL = ("wanda", "sparsegpt", "dpruner")
 METHODS = ("magnitude", *SEQUENTIAL, *STRUCTURED)
@@ -57,14 +63,21 @@ class Plan:
     passes: dict[str, float]  # work, in forward passes of the whole model over the named tokens
     flops: float
     notes: list[str] = field(default_factory=list)
+    offloaded: dict[str, int] | None = None  # the parts at the peak with --offload disk (None: no such mode)
 
     @property
     def peak_bytes(self) -> int:
         return sum(self.parts.values())
 
+    @property
+    def offloaded_peak_bytes(self) -> int | None:
+        return sum(self.offloaded.values()) if self.offloaded is not None else None
+
     def as_dict(self) -> dict[str, Any]:
         return {"parameters": self.parameters, "target_parameters": self.target_parameters, "parts": self.parts,
-                "peak_bytes": self.peak_bytes, "passes": self.passes, "flops": self.flops, "notes": self.notes}
+                "peak_bytes": self.peak_bytes, "offloaded": self.offloaded,
+                "offloaded_peak_bytes": self.offloaded_peak_bytes, "passes": self.passes, "flops": self.flops,
+                "notes": self.notes}
 
 
 def meta_adapter(config: Any) -> ModelAdapter:
@@ -158,35 +171,44 @@ def make_plan(config: Any, shape: RunShape) -> Plan:
         # each update: forward + backward (about 3 forward passes) for S, and again for the update itself
         passes["domain (forward + backward = 3 forward passes each)"] = 3.0 * max(1, shape.epochs) * (2 if shape.epochs else 1)
     if shape.method in STRUCTURED:
-        parts["prefix cache (every block's input)"] = (2 * layers + 1) * tokens * stream
+        parts[PREFIX_CACHE] = (2 * layers + 1) * tokens * stream
         parts["one batch's forward"] = batch_tokens * forward
         parts["logits of one batch"] = logits
         candidates = sum(2 * layers - k for k in range(shape.blocks))
         passes["search (naive bound; the fast search does about half)"] = float(candidates)
     if shape.method == "magnitude":
         parts["one matrix's scores"] = max(rows * cols for rows, cols in _linear_shapes(adapter, 0)) * FLOAT32
+    offloaded = None
+    if shape.method in STREAMS_WEIGHTS:  # one layer's weights, the embeddings or head while they run, one batch
+        layer_weights = sum(p.numel() for p in adapter.layers[0].parameters()) * b
+        ends = max(sum(p.numel() for p in m.parameters()) for m in (adapter.embeddings, adapter.lm_head)) * b
+        offloaded = {"one decoder layer's weights": layer_weights, "embeddings or LM head (read while they run)": ends}
+        if shape.method != "magnitude":
+            offloaded["one batch of the layer cache (in and out)"] = 2 * batch_tokens * stream
+        offloaded.update({k: v for k, v in parts.items() if k not in ("weights", LAYER_CACHE)})
     flops_per_token = 2 * params + 2 * 2 * layers * shape.seqlen * dims.heads * dims.head_dim  # matmuls + attention
     flops = flops_per_token * sum(
         n * (shape.domain_windows * shape.seqlen if "domain" in what else tokens) for what, n in passes.items())
     if shape.method in ("sparsegpt", "dpruner"):  # OBS per projection: about 2 rows x columns^2 (the updates)
         flops += layers * sum(2 * rows * cols * cols for rows, cols in _linear_shapes(adapter, 0))
-    return Plan(params, targets, parts, passes, float(flops), notes)
+    return Plan(params, targets, parts, passes, float(flops), notes, offloaded)
 
 
-def parse_bytes(text: str) -> int:
-    """``80GB``, ``80GiB``, ``512MB``, ``1.5TB`` or a plain number of bytes."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-    cleaned = text.strip().lower().replace(" ", "")
-    number = cleaned.rstrip("kmgtib")
-    unit = cleaned[len(number):]
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1
-    if value < 0 or unit not in units:
-        raise SecateursError(f"cannot read the memory size '{text}' (use e.g. 80GB, 24GiB, 512MB)")
-    return int(value * units[unit])
+def choose_offload(plan: Plan, budget: int, budget_text: str, on_cpu: bool) -> str:
+    """The least offload whose predicted peak fits in ``budget`` bytes: ``none``, then ``disk``.
+
+    On the CPU the process's own runtime (``CPU_RUNTIME_BYTES``) counts too. A budget too small even
+    for ``disk`` (one layer with its inputs) is an error saying how much is needed.
+    """
+    runtime = CPU_RUNTIME_BYTES if on_cpu else 0
+    if plan.peak_bytes + runtime <= budget:
+        return "none"
+    if plan.offloaded is not None and plan.offloaded_peak_bytes + runtime <= budget:
+        return "disk"
+    least = plan.offloaded_peak_bytes if plan.offloaded is not None else plan.peak_bytes
+    how = "one decoder layer with its inputs, --offload disk" if plan.offloaded is not None else "the whole model"
+    raise SecateursError(f"--max-memory {budget_text} is too small: this run needs about "
+                         f"{(least + runtime) / GIB:.2f} GiB ({how})")
 
 
 def _duration(seconds: float) -> str:
@@ -200,12 +222,18 @@ def render(plan: Plan, model: str, shape: RunShape, gpus: int = 0, gpu_memory: i
     lines = [f"plan for {shape.method} on {model}: {plan.parameters / 1e9:.3f} B parameters "
              f"({plan.target_parameters / 1e9:.3f} B in the prunable projections), {shape.dtype_bytes} bytes per weight",
              "", "memory at the peak:"]
-    width = max(len(k) for k in plan.parts)
+    width = max(len(k) for k in [*plan.parts, *(plan.offloaded or {})])
     for name, size in plan.parts.items():
         lines.append(f"  {name:<{width}}  {size / GIB:9.2f} GiB")
     lines.append(f"  {'total':<{width}}  {plan.peak_bytes / GIB:9.2f} GiB")
     cache = plan.parts.get(LAYER_CACHE)
-    if cache:
+    if plan.offloaded is not None:
+        lines += ["", "memory at the peak with --offload disk (weights read from their files one layer at a time, "
+                      "the layer cache on disk):"]
+        for name, size in plan.offloaded.items():
+            lines.append(f"  {name:<{width}}  {size / GIB:9.2f} GiB")
+        lines.append(f"  {'total':<{width}}  {plan.offloaded_peak_bytes / GIB:9.2f} GiB")
+    elif cache:
         lines.append(f"  {'with --offload cpu or disk':<{width}}  {(plan.peak_bytes - cache) / GIB:9.2f} GiB on the "
                      "compute device (the layer cache moves off it, one batch at a time comes back)")
     if gpus and gpu_memory:
@@ -223,4 +251,7 @@ def render(plan: Plan, model: str, shape: RunShape, gpus: int = 0, gpu_memory: i
             lines.append(f"  divided over {gpus} GPUs: about {_duration(seconds / gpus)} (the windows divide over "
                          "the ranks; running on several processes is not written yet)")
     lines += [f"note: {n}" for n in plan.notes]
+    lines.append(f"note: on the CPU the process itself holds about {CPU_RUNTIME_BYTES / GIB:.1f} GiB more (Python, "
+                 "torch, transformers); evaluation after pruning adds its logits (batch x seqlen x vocabulary x 4 bytes "
+                 "x 2)")
     return "\n".join(lines)

@@ -22,6 +22,14 @@ def dtype_name(module: nn.Module) -> str:
     return str(dtype_of(module)).replace("torch.", "")
 
 
+FINITE_CHECK_ELEMENTS = 2**24  # checked at a time: isfinite's temporaries stay small beside a large tensor
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf in ``tensor``, checked a part at a time (a whole-tensor check would allocate twice its size)."""
+    return all(bool(torch.isfinite(part).all()) for part in tensor.detach().reshape(-1).split(FINITE_CHECK_ELEMENTS))
+
+
 def peak_memory(device: torch.device | None = None) -> dict[str, float]:
     """Peak resident memory of this process, and CUDA's peak allocation when a GPU is in use (MiB)."""
     peak = {"cpu_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

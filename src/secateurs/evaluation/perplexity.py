@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import TokenWindows
+from ..models.adapter import ModelAdapter
+from ..models.capture import capture_layer_inputs, run_layer_on_all
+from ..offload import ActivationCache
 from ..resources import device_of, dtype_name
 from ..errors import SecateursError
 
@@ -47,14 +50,53 @@ def window_nlls(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def layerwise_window_nlls(adapter: ModelAdapter, windows: TokenWindows, batch_size: int = DEFAULT_BATCH_SIZE,
+                          progress: bool = True, cache_at: str = "disk", cache_dir: str | None = None) -> torch.Tensor:
+    """The NLLs of :func:`window_nlls`, computed one decoder layer at a time over every window.
+
+    For streamed weights (models/streaming.py): one layer's weights are in memory at a time, and the
+    residual stream of all windows waits between layers where ``cache_at`` says (an ActivationCache).
+    Bit-identical to the whole-model pass (a test).
+    """
+    device = adapter.device
+    batches = list(windows.input_ids.split(batch_size))
+    inputs = capture_layer_inputs(adapter, [ids.to(device) for ids in batches],
+                                  ActivationCache(cache_at, device, cache_dir))
+    try:
+        for index in tqdm(range(adapter.num_layers), desc="perplexity", unit="layer", disable=not progress, leave=False):
+            out = ActivationCache(cache_at, device, cache_dir)
+            try:
+                with adapter.weights.onloaded(adapter.layers[index]):
+                    run_layer_on_all(adapter, index, inputs, out)
+            except BaseException:
+                out.close()
+                raise
+            inputs.hidden.close()
+            inputs.hidden = out
+        with adapter.weights.onloaded(adapter.final_norm, adapter.lm_head):
+            return torch.cat([next_token_nll(adapter.logits(hidden), ids).cpu()
+                              for hidden, ids in zip(inputs.hidden, batches)])
+    finally:
+        inputs.hidden.close()
+
+
 def perplexity(
     model: torch.nn.Module,
     windows: TokenWindows,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
+    adapter: ModelAdapter | None = None,
 ) -> dict[str, Any]:
-    """Token perplexity of ``model`` on ``windows``, with the protocol of the number."""
-    nlls = window_nlls(model, windows, batch_size=batch_size, progress=progress)
+    """Token perplexity of ``model`` on ``windows``, with the protocol of the number.
+
+    With an ``adapter`` whose weights are streamed, the model runs one layer at a time (same numbers).
+    """
+    streamed = adapter is not None and adapter.weights.streamed
+    if streamed:
+        nlls = layerwise_window_nlls(adapter, windows, batch_size, progress)
+    else:
+        nlls = window_nlls(model, windows, batch_size=batch_size, progress=progress)
     bad = (~torch.isfinite(nlls)).nonzero().flatten().tolist()
     if bad:
         raise SecateursError(f"perplexity on {windows.protocol.get('dataset', 'the windows')}: the loss of window "
@@ -69,7 +111,8 @@ def perplexity(
             **windows.protocol,
             "nll_dtype": "float32",
             "model_dtype": dtype_name(model),
-            "device": str(device_of(model)),
+            "device": str(adapter.device if streamed else device_of(model)),
             "batch_size": batch_size,
+            **({"weights": "streamed from safetensors, one layer at a time"} if streamed else {}),
         },
     }

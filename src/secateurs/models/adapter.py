@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 from torch import nn
 
 from ..compat import find_cache
 from ..errors import SecateursError
+from .streaming import ResidentWeights, StreamedWeights
 from .families import PROJECTIONS, SUPPORTED_FAMILIES, BlockKind, layout_from_structure
 
 BLOCK_KINDS: tuple[BlockKind, ...] = ("mha", "mlp")
@@ -104,6 +105,18 @@ class SkippedMLP(nn.Module):
         return torch.zeros_like(hidden_states)
 
 
+class _Bypass(nn.Module):
+    """Stands in for a whole decoder layer while its call is recorded: returns its input stream."""
+
+    def __init__(self, index: int, record: Callable[[int, tuple, dict], None]):
+        super().__init__()
+        self.index, self.record = index, record
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        self.record(self.index, args, kwargs)
+        return ModelAdapter.layer_input(args, kwargs)
+
+
 def _num_params(modules: Iterable[nn.Module]) -> int:
     seen: set[int] = set()
     total = 0
@@ -118,8 +131,9 @@ def _num_params(modules: Iterable[nn.Module]) -> int:
 class ModelAdapter:
     """Structural view of a Hugging Face causal LM (Llama, Mistral, Qwen2, Gemma 3 text)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, weights: "ResidentWeights | StreamedWeights | None" = None):
         self.model = model
+        self.weights = weights if weights is not None else ResidentWeights(model)  # where they live (streaming.py)
         config = model.config
         self.family = getattr(config, "model_type", type(model).__name__)
         if self.family not in SUPPORTED_FAMILIES:
@@ -145,6 +159,11 @@ class ModelAdapter:
         self.final_norm: nn.Module = decoder.norm
 
     # --- structure -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes (its weights may be on the meta device while streamed)."""
+        return self.weights.device
+
     @property
     def max_positions(self) -> int:
         """The longest sequence the model was trained for (``max_position_embeddings``)."""
@@ -306,6 +325,22 @@ class ModelAdapter:
         """Decoder layer ``index`` on ``hidden``; its output stream (layers may return a tuple)."""
         out = self.layers[index](hidden, **kwargs)
         return out[0] if isinstance(out, tuple) else out
+
+    @contextlib.contextmanager
+    def layers_bypassed(self, record: Callable[[int, tuple, dict], None]) -> Iterator[None]:
+        """Every decoder layer replaced by a pass-through that calls ``record(index, args, kwargs)``, and
+        the final norm by the identity: a decoder run then computes only the embeddings and what the
+        layers are called with (masks, rotary tables), with no layer weights needed."""
+        originals, norm = list(self.layers), self.decoder.norm
+        for index in range(len(originals)):
+            self.layers[index] = _Bypass(index, record)
+        self.decoder.norm = nn.Identity()
+        try:
+            yield
+        finally:
+            for index, layer in enumerate(originals):
+                self.layers[index] = layer
+            self.decoder.norm = norm
 
     def run_decoder(self, input_ids: torch.Tensor) -> None:
         """The decoder (no LM head, no cache) on ``input_ids``: the pass that capture hooks watch."""

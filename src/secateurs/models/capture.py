@@ -68,15 +68,24 @@ class LayerInputs:
 
 @torch.no_grad()
 def capture_layer_inputs(adapter: ModelAdapter, batches: list[torch.Tensor], hidden: ActivationCache) -> LayerInputs:
-    """Run the decoder once per batch; keep what enters layer 0 (in ``hidden``) and every layer's call arguments."""
+    """What enters layer 0 per batch (into ``hidden``) and every layer's call arguments.
+
+    The decoder runs with its layers bypassed (models/adapter.py): only the embeddings compute, so this
+    costs no layer's work and needs no layer's weights.
+    """
     kwargs = []
-    for ids in batches:
-        streams: Streams = {}
-        calls: list[dict] = [{} for _ in range(adapter.num_layers)]
-        with Recorder(adapter, streams, calls, every_block=False):
-            adapter.run_decoder(ids)
-        hidden.append(streams[Block("mha", 0)])
-        kwargs.append(calls)
+    with adapter.weights.onloaded(adapter.embeddings):
+        for ids in batches:
+            calls: list[dict] = [{} for _ in range(adapter.num_layers)]
+
+            def record(index: int, args: tuple, call: dict) -> None:
+                if index == 0:
+                    hidden.append(adapter.layer_input(args, call))
+                calls[index] = adapter.layer_call_kwargs(call)
+
+            with adapter.layers_bypassed(record):
+                adapter.run_decoder(ids)
+            kwargs.append(calls)
     return LayerInputs(hidden, kwargs)
 
 

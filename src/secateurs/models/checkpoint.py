@@ -48,9 +48,18 @@ def save_pruned(adapter: ModelAdapter, tokenizer: Any, removed: list[Block], dir
 
 
 def save_dense_zeros(lm: Any, directory: Path, info: dict[str, Any]) -> None:
-    """Save a model whose pruned weights are zeros, as it is (the zeros are stored)."""
+    """Save a model whose pruned weights are zeros, as it is (the zeros are stored).
+
+    Streamed weights (``--offload disk``) are written shard by shard, never all in memory.
+    """
     setattr(lm.model.config, CONFIG_KEY, {"format": "dense-zeros", **info, "removed_blocks": []})
-    lm.model.save_pretrained(directory)
+    if lm.weights is not None and lm.weights.streamed:
+        lm.model.config.save_pretrained(directory)
+        if getattr(lm.model, "generation_config", None) is not None:
+            lm.model.generation_config.save_pretrained(directory)
+        lm.weights.save(directory)
+    else:
+        lm.model.save_pretrained(directory)
     lm.tokenizer.save_pretrained(directory)
 
 

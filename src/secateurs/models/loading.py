@@ -21,9 +21,10 @@ import torch
 from ..compat import warn_if_untested
 from ..errors import SecateursError
 from .checkpoint import pruning_record, removed_blocks, restore_removed
+from .streaming import load_streamed
 from ..files import atomic_directory, sha256_file
 from .builtin import BUILTIN_MODELS, builtin_gguf, cache_root
-from ..resources import device_of, dtype_of
+from ..resources import all_finite, device_of, dtype_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -37,10 +38,11 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     source: dict[str, Any] = field(default_factory=dict)
+    weights: Any = None  # StreamedWeights when the weights stay in their files (load_model_streamed)
 
     @property
     def device(self) -> torch.device:
-        return device_of(self.model)
+        return self.weights.device if self.weights is not None else device_of(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -105,7 +107,7 @@ def _placed_on(device: torch.device) -> dict[str, Any]:
 def check_finite(model: Any, what: str) -> None:
     """A weight holding NaN or inf (a corrupted file) is an error naming the tensor, not a ``PPL nan``."""
     for name, param in model.named_parameters():
-        if not torch.isfinite(param).all():
+        if not all_finite(param):
             raise SecateursError(f"{what}: weight {name} holds NaN or inf values (is the file corrupted?)")
 
 
@@ -184,6 +186,52 @@ def _load_directory(path: Path, dtype: torch.dtype | str, device: torch.device, 
     restore_removed(model, removed, info.get("missing_keys", []), path)
     source.update(kind="pruned-directory", path=str(path), pruning=pruning)
     return LoadedModel(model, tokenizer, source)
+
+
+def load_model_streamed(spec: str, dtype: str = "auto", device: str = "auto",
+                        work_dir: str | os.PathLike | None = None) -> LoadedModel:
+    """``spec`` built on the meta device, its weights left in safetensors files and read one part at a
+    time (``--offload disk``; models/streaming.py). A GGUF source is dequantised to the cache first."""
+    from transformers import AutoTokenizer
+
+    dev, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    directory, source = _safetensors_directory(spec)
+    model, weights = load_streamed(directory, torch_dtype, dev, work_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        weights.close()
+        raise SecateursError(f"could not load the tokenizer of {directory}: {str(exc).strip().splitlines()[0]}") from exc
+    source["weights"] = "streamed"
+    return LoadedModel(model, tokenizer, source, weights)
+
+
+def _safetensors_directory(spec: str) -> tuple[Path, dict[str, Any]]:
+    """The safetensors checkpoint directory behind ``spec`` (dequantising a GGUF source into the cache)."""
+    source: dict[str, Any] = {"spec": spec}
+    if spec in BUILTIN_MODELS:
+        entry, gguf = builtin_gguf(spec)
+        source.update(alias=spec, requirement=entry.requirement, note=entry.note, sha256=entry.sha256)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir() and not (path / "config.json").is_file() and len(list(path.glob("*.gguf"))) == 1:
+            path = next(path.glob("*.gguf"))
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise SecateursError(f"{path} is not a model directory: it has no config.json")
+            _refuse_remote_code(path)
+            if removed_blocks(pruning_record(path)):
+                raise SecateursError(f"{path} has removed blocks; --offload disk streams only complete checkpoints")
+            source.update(kind="directory", path=str(path))
+            return path, source
+        if not (path.is_file() and path.suffix.lower() == ".gguf"):
+            raise SecateursError(f"--offload disk needs a local model directory, a GGUF file or a built-in alias, "
+                                 f"got '{spec}'")
+        gguf = path
+    digest = source.get("sha256") or sha256_file(gguf)
+    cached = _dequantised_cache(gguf, digest)
+    source.update(kind="gguf", gguf=str(gguf), sha256=digest, cache=str(cached))
+    return cached, source
 
 
 HUB_HOST = ("huggingface.co", 443)

@@ -5,10 +5,14 @@ from these."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
+
+import torch
 
 from ..data import TokenWindows, token_windows
 from ..export import INSIDE_PRUNED_DIRECTORY, check_exportable, export_bytes, write_export
@@ -16,7 +20,8 @@ from ..errors import SecateursError
 from ..evaluation.perplexity import perplexity
 from ..files import Artifact, atomic_directory, check_free_space, save_tensors_atomic, write_json_atomic, write_text_atomic
 from ..models.adapter import ModelAdapter
-from ..models.loading import LoadedModel, load_model
+from ..models.loading import DTYPES, LoadedModel, load_model, load_model_streamed, resolve_device
+from ..plan import CPU_RUNTIME_BYTES, GIB, RunShape, choose_offload, load_config, make_plan, parse_bytes
 from ..options import as_dict
 from ..reporting.markdown import render_markdown
 from ..reporting.provenance import environment
@@ -44,8 +49,23 @@ class Run:
     def start(cls, spec: RunSpec) -> "Run":
         start = time.perf_counter()
         model = spec.model
-        lm = load_model(model, dtype=spec.dtype, device=spec.device) if isinstance(model, str) else model
-        run = cls(spec, lm, ModelAdapter(lm.model), {"load_s": time.perf_counter() - start})
+        if isinstance(model, str) and getattr(spec.options, "max_memory", None):
+            spec.options = dataclasses.replace(spec.options, offload=offload_for_budget(spec, model))
+        if isinstance(model, str) and spec.streams_weights:
+            lm = load_model_streamed(model, dtype=spec.dtype, device=spec.device, work_dir=spec.options.offload_dir)
+        else:
+            lm = load_model(model, dtype=spec.dtype, device=spec.device) if isinstance(model, str) else model
+        run = cls(spec, lm, ModelAdapter(lm.model, lm.weights), {"load_s": time.perf_counter() - start})
+        try:
+            run._check()
+        except BaseException:
+            run.adapter.weights.close()  # streamed weights: their work directory goes now, not at exit
+            raise
+        return run
+
+    def _check(self) -> None:
+        """What can fail on this model, checked before any calibration."""
+        spec, lm = self.spec, self.lm
         if spec.output.path is not None:  # the weights' size is known now: refuse a disk too small for them
             params = list(lm.model.parameters())
             weight_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -53,13 +73,16 @@ class Run:
                                                  spec.output.gguf_type)
             check_free_space(spec.output.path, needed)
         longest = max(spec.data.seqlen, spec.evaluation.seqlen or 0)
-        if longest > run.adapter.max_positions:
-            raise SecateursError(f"a window of {longest} tokens is longer than the {run.adapter.max_positions} "
+        if longest > self.adapter.max_positions:
+            raise SecateursError(f"a window of {longest} tokens is longer than the {self.adapter.max_positions} "
                                  "positions the model was trained for (config max_position_embeddings)")
         if spec.output.path is not None:  # the engine of --format must be able to express the model
-            check_exportable(spec.output.format, run.adapter, lm)
-        spec.method.check(run.adapter, spec.options)  # what can fail on this model fails before calibration
-        return run
+            if self.adapter.weights.streamed and spec.output.format != "hf":
+                raise SecateursError(f"--format {spec.output.format} needs the whole model in memory; with --offload "
+                                     "disk write --format hf, then `secateurs export DIR --format "
+                                     f"{spec.output.format}`")
+            check_exportable(spec.output.format, self.adapter, lm)
+        spec.method.check(self.adapter, spec.options)
 
     @contextlib.contextmanager
     def timed(self, key: str) -> Iterator[None]:
@@ -90,8 +113,8 @@ class Run:
         """Perplexity on each window set, inside ``variant`` (e.g. the adapter skipping blocks)."""
         show = self.spec.progress if progress is None else progress
         with variant():
-            return {name: perplexity(self.lm.model, w, batch_size=self.spec.evaluation.batch_size, progress=show)
-                    for name, w in windows.items()}
+            return {name: perplexity(self.lm.model, w, batch_size=self.spec.evaluation.batch_size, progress=show,
+                                     adapter=self.adapter) for name, w in windows.items()}
 
     # --- report and output -----------------------------------------------------------------------
     def report(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -121,6 +144,23 @@ class Run:
             write_text_atomic(tmp / RECIPE_FILE, recipe_text(self.spec))
             write_json_atomic(tmp / "report.json", report)
             write_text_atomic(tmp / "report.md", render_markdown(report))
+
+
+def offload_for_budget(spec: RunSpec, model: str) -> str:
+    """``--offload`` for ``--max-memory``: the least that `secateurs plan` predicts to fit (say which, and why)."""
+    budget = spec.options.max_memory
+    config = load_config(model)
+    saved = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
+    dtype = DTYPES.get(spec.dtype if spec.dtype != "auto" else saved, torch.float32)
+    shape = RunShape(spec.method.name, windows=spec.data.samples or RunShape.windows, seqlen=spec.data.seqlen,
+                     batch_size=spec.options.batch_size, dtype_bytes=dtype.itemsize)
+    plan = make_plan(config, shape)
+    offload = choose_offload(plan, parse_bytes(budget), budget, on_cpu=resolve_device(spec.device).type == "cpu")
+    if spec.progress:
+        print(f"--max-memory {budget}: predicted peak {plan.peak_bytes / GIB:.2f} GiB in memory"
+              + (f", {plan.offloaded_peak_bytes / GIB:.2f} GiB with --offload disk" if plan.offloaded else "")
+              + f" (+ about {CPU_RUNTIME_BYTES / GIB:.1f} GiB of runtime on the CPU): --offload {offload}", file=sys.stderr)
+    return offload
 
 
 def recipe_text(spec: RunSpec) -> str:

@@ -136,6 +136,11 @@ class RunSpec:
             check_output_path(spec.output.path, spec.output.overwrite)
         return spec
 
+    @property
+    def streams_weights(self) -> bool:
+        """``--offload disk`` for a method that works one layer at a time: the weights stay in their files."""
+        return getattr(self.options, "offload", "none") == "disk" and getattr(self.method, "streams_weights", False)
+
     # --- recipes: every setting of a run in one YAML file -------------------------------------------------
     def to_recipe(self) -> dict[str, Any]:
         """The run as a recipe: what ``secateurs prune --recipe FILE --out DIR`` needs to run it again."""

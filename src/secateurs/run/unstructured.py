@@ -11,6 +11,15 @@ from .spec import RunSpec
 
 def run_unstructured(spec: RunSpec) -> PruneResult:
     run = Run.start(spec)
+    try:
+        return _prune(run)
+    except BaseException:
+        run.adapter.weights.close()  # streamed weights: their work directory goes now, not at exit
+        raise
+
+
+def _prune(run: Run) -> PruneResult:
+    spec = run.spec
     method, options, data = spec.method, spec.options, spec.data
     domain_calib, domain_eval = spec.domain_sets()
     with run.timed("calibration_data_s"):

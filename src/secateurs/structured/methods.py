@@ -17,14 +17,18 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..models.adapter import Block, ModelAdapter
 from ..data import TokenWindows
 from ..errors import SecateursError
-from ..models.capture import FINAL
+from ..models.capture import FINAL, Recorder, capture_layer_inputs
+from ..offload import ActivationCache, BudgetOption, OffloadOptions
 from ..options import option
+from ..plan import CPU_RUNTIME_BYTES, GIB, PREFIX_CACHE, RunShape, make_plan, parse_bytes
 from ..resources import device_of
 from .search import (
+    Cost,
     SearchStep,
     Unit,
     VariantEvaluator,
@@ -64,17 +68,39 @@ class StructuredOptions:
             raise SecateursError(f"unknown --block-type '{self.block_type}'; choose mix, mha or mlp")
         if self.batch_size < 1:
             raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
+        getattr(super(), "__post_init__", lambda: None)()  # the mixins' checks (offload, memory budget)
 
 
 @dataclass
-class SearchOptions(StructuredOptions):
+class SearchOptions(StructuredOptions, BudgetOption):
     """Methods that score variants of the model on calibration data."""
 
     naive: bool = option(False, "reference search: a full forward per candidate")
 
 
+def prefix_cache_layers(adapter: ModelAdapter, windows: TokenWindows, options: SearchOptions) -> int | None:
+    """How many layer inputs the prefix cache keeps per batch under ``--max-memory`` (None: all of them).
+
+    The weights, one batch's forward and logits, and the process's runtime on the CPU come first (as
+    `secateurs plan` counts them); what is left holds cached streams of every window, one per kept layer
+    input plus the last one.
+    """
+    if options.max_memory is None or options.naive:
+        return None
+    shape = RunShape("blockpruner", windows=len(windows), seqlen=windows.input_ids.shape[1],
+                     batch_size=options.batch_size, dtype_bytes=adapter.model.dtype.itemsize)
+    plan = make_plan(adapter.model.config, shape)
+    per_stream = plan.parts[PREFIX_CACHE] // (2 * adapter.num_layers + 1)
+    fixed = plan.peak_bytes - plan.parts[PREFIX_CACHE] + (CPU_RUNTIME_BYTES if adapter.device.type == "cpu" else 0)
+    streams = (parse_bytes(options.max_memory) - fixed) // per_stream
+    if streams < 2:  # layer 0's input and the last stream: the least a fast search needs
+        raise SecateursError(f"--max-memory {options.max_memory} is too small: the search needs about "
+                             f"{(fixed + 2 * per_stream) / GIB:.2f} GiB (the weights, one batch, two cached streams)")
+    return None if streams >= 2 * adapter.num_layers + 1 else int(streams) - 1
+
+
 @dataclass
-class StatisticOptions(StructuredOptions):
+class StatisticOptions(StructuredOptions, OffloadOptions):
     """Methods that score units by a statistic of the dense model's residual stream."""
 
     unit: str = option("layer", "unit to remove: whole layers or single blocks", choices=UNITS)
@@ -83,6 +109,7 @@ class StatisticOptions(StructuredOptions):
         super().__post_init__()
         if self.unit not in UNITS:
             raise SecateursError(f"unknown --unit '{self.unit}'; choose layer or block")
+
 
 
 @dataclass
@@ -132,7 +159,8 @@ class GreedyPPL(StructuredMethod):
 
     def select(self, adapter, windows, options, progress=True):
         units = self.units(adapter, options)
-        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
+                                     keep_layers=prefix_cache_layers(adapter, windows, options))
         steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
         return Selection(steps, evaluator.cost.as_dict(), self.score_name, steps_score_calibration_nll=True)
 
@@ -155,7 +183,8 @@ class OneShotPPL(StructuredMethod):
 
     def select(self, adapter, windows, options, progress=True):
         units = self.units(adapter, options)
-        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive)
+        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
+                                     keep_layers=prefix_cache_layers(adapter, windows, options))
         evaluator.prepare()
         scores = {u.name: evaluator.total(u) / evaluator.n_windows for u in units}
         steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
@@ -192,7 +221,7 @@ class FinerCut(StructuredMethod):
                 for b in windows.input_ids.split(options.batch_size)
             ]
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, loss=_js_loss(reference),
-                                     fast=not options.naive)
+                                     fast=not options.naive, keep_layers=prefix_cache_layers(adapter, windows, options))
         steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
         return Selection(steps, evaluator.cost.as_dict(), self.score_name)
 
@@ -217,17 +246,48 @@ class OneShotStatistic(StructuredMethod):
         """Per-token score (lower = less important)."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def select(self, adapter, windows, options, progress=True):
+        """One pass through the dense model, a layer at a time: the streams entering a layer, its MLP block
+        and the next layer are all a unit's score needs, so only one layer's streams exist at once (the
+        stream between layers waits where ``--offload`` says)."""
         units = self.units(adapter, options)
-        evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=True)
-        states = evaluator.capture()
-        scores = {}
-        for unit in units:
-            start, end = _unit_boundaries(adapter, unit)
-            per_token = torch.cat([self.statistic(s[start].float(), s[end].float()).flatten() for s in states])
-            scores[unit.name] = per_token.double().mean().item()
+        per_token: dict[str, list[torch.Tensor]] = {u.name: [] for u in units}
+        device = adapter.device
+        batches = [ids.to(device) for ids in windows.input_ids.split(options.batch_size)]
+
+        def cache() -> ActivationCache:
+            return ActivationCache(options.offload, device, options.offload_dir)
+
+        inputs = capture_layer_inputs(adapter, batches, cache())
+        cost = Cost(cached_streams_per_batch=1)
+        try:
+            for index in tqdm(range(adapter.num_layers), desc=self.name, unit="layer", disable=not progress):
+                here = [u for u in units if u.first.layer == index]
+                out = cache()
+                try:
+                    with adapter.weights.onloaded(adapter.layers[index]):
+                        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
+                            streams = {Block("mha", index): hidden}
+                            with Recorder(adapter, streams, every_block=True):  # the MLP block's entry
+                                streams["out"] = adapter.run_layer(index, hidden, kwargs[index])
+                            cost.block_window_evals += 2 * len(hidden)
+                            for unit in here:
+                                start, end = _unit_boundaries(adapter, unit)
+                                end = end if end in streams else "out"  # the next layer's input or FINAL
+                                per_token[unit.name].append(
+                                    self.statistic(streams[start].float(), streams[end].float()).flatten())
+                            out.append(streams["out"])
+                except BaseException:
+                    out.close()
+                    raise
+                inputs.hidden.close()
+                inputs.hidden = out
+        finally:
+            inputs.hidden.close()
+        scores = {name: torch.cat(values).double().mean().item() for name, values in per_token.items()}
         steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
-        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+        return Selection(steps, cost.as_dict(), self.score_name)
 
 
 class ShortGPT(OneShotStatistic):

@@ -12,6 +12,11 @@ NLL for perplexity; mean JS divergence from the dense model for FinerCut). Two e
 
 Both paths apply the same modules to the same tensors in the same order, so they give bit-identical
 totals and pick the same blocks; the tests check this on tiny models and on SmolLM2.
+
+The prefix cache holds 2L + 1 streams per window. Under a memory budget (``keep_layers``) only the
+inputs of that many layers, evenly spaced, are kept (checkpoints), and a candidate runs from the
+nearest checkpoint at or before its first block: the layers in between are recomputed, on the same
+tensors with the same modules, so the totals stay bit-identical (a test), at the cost of more work.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Cost:
     bound_window_evals: int = 0  # cheap lower bounds on a window's loss (see VocabularyBound)
     abandoned: int = 0
     completed: int = 0
+    cached_streams_per_batch: int = 0  # the prefix cache's size: 2L + 1, or fewer under a memory budget
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -127,7 +133,9 @@ class VariantEvaluator:
         batch_size: int,
         loss: WindowLoss = nll_loss,
         fast: bool = True,
+        keep_layers: int | None = None,
     ):
+        """``keep_layers``: layer inputs kept per batch in the prefix cache (None: every block's input)."""
         self.adapter = adapter
         self.loss = loss
         self.fast = fast
@@ -140,6 +148,22 @@ class VariantEvaluator:
         self._captured_removed: set[Block] | None = None  # the removed blocks when the states were taken
         self._bounds: list[VocabularyBound] = []  # per batch, when the loss is the NLL
         self.use_bound = fast and loss is nll_loss
+        layers = adapter.num_layers
+        if keep_layers is None or keep_layers >= layers:
+            self.checkpoints = None  # every block's input is kept
+        else:
+            self.checkpoints = sorted({layers * j // max(1, keep_layers) for j in range(max(1, keep_layers))})
+        self.cost.cached_streams_per_batch = (2 * layers if self.checkpoints is None else len(self.checkpoints)) + 1
+
+    def _checkpoint(self, layer: int) -> int:
+        """The nearest kept layer input at or before ``layer``."""
+        return layer if self.checkpoints is None else max(c for c in self.checkpoints if c <= layer)
+
+    def _drop_uncached(self, states: dict[Any, torch.Tensor]) -> None:
+        if self.checkpoints is not None:
+            kept = {Block("mha", c) for c in self.checkpoints} | {FINAL}
+            for key in [k for k in states if k not in kept]:
+                del states[key]
 
     # --- bookkeeping -----------------------------------------------------------------------------
     def _count_layer(self, index: int, windows: int) -> None:
@@ -183,11 +207,13 @@ class VariantEvaluator:
             states = self._states[b]
             with Recorder(adapter, states, None if reuse else self._layer_kwargs[b]):
                 if reuse:
-                    states[FINAL] = self._run_layers(b, start, states[Block("mha", start)])
+                    begin = self._checkpoint(start)
+                    states[FINAL] = self._run_layers(b, begin, states[Block("mha", begin)])
                 else:
                     for i in range(adapter.num_layers):
                         self._count_layer(i, len(ids))
                     adapter.run_decoder(ids)
+            self._drop_uncached(states)
         self._captured_removed = removed
         return self._states
 
@@ -198,10 +224,14 @@ class VariantEvaluator:
     @torch.no_grad()
     def _total_fast(self, unit: Unit, bound: float) -> float | None:
         first = unit.first
-        start = first.layer if first.kind == "mha" else first.layer + 1
+        if self.checkpoints is None:
+            start, key = (first.layer if first.kind == "mha" else first.layer + 1), first
+        else:  # recompute from the nearest kept layer input (the skipped blocks of the unit included)
+            start = self._checkpoint(first.layer)
+            key = Block("mha", start)
         total, lower, finals = 0.0, 0.0, []
         for b, ids in enumerate(self.batches):
-            hidden = self._run_layers(b, start, self._states[b][first])
+            hidden = self._run_layers(b, start, self._states[b][key])
             if self.use_bound:
                 finals.append(hidden)
                 if bound < math.inf:  # a certified lower bound at a fraction of the head's cost

@@ -314,6 +314,7 @@ class DPruner(UnstructuredMethod):
     options = DPrunerOptions
     default_group = "blocks:32"
     uses_domain_data = True
+    streams_weights = False  # the domain step trains through the whole model: its weights stay in memory
     score_name = "|g' w + (g' w)^2 / 2| under L_ntp + lambda sum G (w' - w)^2"
 
     def apply(self, adapter, data, options, progress=True):

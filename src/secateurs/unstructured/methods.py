@@ -26,7 +26,7 @@ from ..files import Artifact
 from ..options import option
 from .masks import Pattern, parse_nm, select_mask
 from .obs import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPING, obs_prune
-from ..offload import OFFLOAD
+from ..offload import BudgetOption, OffloadOptions
 from .sequential import run_sequential
 from .collectors import Collector, Hessian, InputNorms
 
@@ -35,7 +35,7 @@ PROPAGATE = ("pruned", "dense")  # what the sequential pipeline feeds the next l
 
 
 @dataclass
-class UnstructuredOptions:
+class UnstructuredOptions(OffloadOptions, BudgetOption):
     """Options shared by the unstructured methods.
 
     Validated on creation; the CLI shows the first line as the title of their group.
@@ -49,10 +49,6 @@ class UnstructuredOptions:
     batch_size: int = option(4, "windows per forward pass", run_level=True)
     propagate: str = option("pruned", "what the next layer is calibrated on: the pruned or the dense layers' outputs",
                             choices=PROPAGATE)
-    offload: str = option("none", "where the layer cache lives: none (the compute device), cpu (memory) or disk",
-                          choices=OFFLOAD)
-    offload_dir: str | None = option(None, "directory for what is offloaded to disk (default: the system's "
-                                           "temporary directory); removed afterwards")
 
     def __post_init__(self) -> None:
         if self.sparsity is None and self.nm is None:
@@ -65,10 +61,9 @@ class UnstructuredOptions:
             raise SecateursError(f"--sparsity-of must be one of {', '.join(SPARSITY_OF)}, got '{self.sparsity_of}'")
         if self.propagate not in PROPAGATE:
             raise SecateursError(f"--propagate must be one of {', '.join(PROPAGATE)}, got '{self.propagate}'")
-        if self.offload not in OFFLOAD:
-            raise SecateursError(f"--offload must be one of {', '.join(OFFLOAD)}, got '{self.offload}'")
         if self.batch_size < 1:
             raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
+        super().__post_init__()
         Pattern(self.sparsity, self.group or "row", self.nm)  # validates N:M and the group name
 
     def pattern(self, adapter: ModelAdapter, default_group: str) -> Pattern:
@@ -137,6 +132,7 @@ class UnstructuredMethod:
     uses_calibration: ClassVar[bool] = True  # general calibration windows
     uses_domain_data: ClassVar[bool] = False  # domain calibration windows (D-Pruner)
     score_name: ClassVar[str] = ""
+    streams_weights: ClassVar[bool] = True  # works one decoder layer at a time: --offload disk streams the weights
 
     def check(self, adapter: ModelAdapter, options: UnstructuredOptions) -> None:
         """Fail now, before any calibration, if ``options`` cannot be met on this model."""
@@ -179,8 +175,11 @@ class Magnitude(UnstructuredMethod):
 
     def apply(self, adapter, data, options, progress=True):
         pattern = options.pattern(adapter, self.default_group)
-        for linear in adapter.prunable_linears().values():
-            self.prune_linear(linear, {}, pattern, options)
+        for index in range(adapter.num_layers):
+            with adapter.weights.onloaded(adapter.layers[index], writable=True):
+                for linear in adapter.layer_linears(index).values():
+                    self.prune_linear(linear, {}, pattern, options)
+                adapter.weights.changed(adapter.layers[index])
         return Pruned({"pattern": pattern.describe(), "score": self.score_name, "protocol": "no calibration"})
 
 
@@ -225,20 +224,23 @@ class SparseGPT(UnstructuredMethod):
 @torch.no_grad()
 def sparsity_report(adapter: ModelAdapter) -> dict[str, Any]:
     """Achieved sparsity per matrix, over the pruned matrices, and over all parameters (counted, not assumed)."""
-    per_matrix = {}
+    per_matrix, per_layer = {}, []
     zeros = total = 0
-    for name, linear in adapter.prunable_linears().items():
-        z = int((linear.weight == 0).sum())
-        per_matrix[name] = z / linear.weight.numel()
-        zeros += z
-        total += linear.weight.numel()
+    for index in range(adapter.num_layers):
+        with adapter.weights.onloaded(adapter.layers[index]):
+            layer_zeros = layer_total = 0
+            for name, linear in adapter.layer_linears(index).items():
+                z, n = int((linear.weight == 0).sum()), linear.weight.numel()
+                per_matrix[adapter.linear_name(index, name)] = z / n
+                layer_zeros, layer_total = layer_zeros + z, layer_total + n
+        per_layer.append(layer_zeros / layer_total)
+        zeros, total = zeros + layer_zeros, total + layer_total
     return {
         "over_pruned_matrices": zeros / total,
         "over_all_parameters": zeros / adapter.total_num_params(),
         "zeros": zeros,
         "prunable_params": total,
         "per_matrix": per_matrix,
-        "per_layer": [sum(int((m.weight == 0).sum()) for m in adapter.layer_linears(i).values())
-                      / sum(m.weight.numel() for m in adapter.layer_linears(i).values()) for i in range(adapter.num_layers)],
+        "per_layer": per_layer,
         "first_layer": {name: per_matrix[adapter.linear_name(0, name)] for name in adapter.layer_linears(0)},
     }

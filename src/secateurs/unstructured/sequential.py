@@ -4,7 +4,9 @@ The decoder layers are handled one at a time. The calibration windows' residual 
 current layer is cached (one tensor per batch); statistics collectors are hooked on the layer's linear
 projections while it runs on that cache; a callback prunes the layer; the layer then runs again so the
 next layer sees the outputs of the already-pruned layers before it. Memory is one layer's statistics
-plus the activation cache, never a second model. The cache lives where ``--offload`` says: on the compute
+plus the activation cache, never a second model; with streamed weights (``--offload disk``,
+models/streaming.py) only the current layer's weights are in memory, and each pruned layer is written
+back before the next is read. The cache lives where ``--offload`` says: on the compute
 device (``none``), in CPU memory (``cpu``) or on disk (``disk``, in ``--offload-dir``), one batch at a
 time coming back to the device; the results are bit-identical in all three (a test).
 """
@@ -19,7 +21,6 @@ from tqdm.auto import tqdm
 from ..models.adapter import ModelAdapter
 from ..models.capture import LayerInputs, capture_layer_inputs, run_layer_on_all
 from ..offload import ActivationCache
-from ..resources import device_of
 from ..data import TokenWindows
 from .collectors import Collector
 
@@ -44,7 +45,7 @@ def run_sequential(
 
     ``options`` gives the batch size, what to propagate, and where the layer cache lives (``offload``).
     """
-    device = device_of(adapter.model)
+    device = adapter.device
 
     def cache() -> ActivationCache:
         return ActivationCache(options.offload, device, options.offload_dir)
@@ -54,27 +55,29 @@ def run_sequential(
     try:
         inputs = capture_layer_inputs(adapter, batches, inputs.hidden)
         for index in tqdm(range(adapter.num_layers), desc=desc, unit="layer", disable=not progress):
-            linears = adapter.layer_linears(index)
-            stats = {name: collectors(linear) for name, linear in linears.items()}
             out = cache()  # what enters the next layer
             try:
-                hooks = [linear.register_forward_hook(c.update) for name, linear in linears.items()
-                         for c in stats[name].values()]
-                try:
-                    run_layer_on_all(adapter, index, inputs, out)
-                finally:
-                    for hook in hooks:
-                        hook.remove()
-                prune_layer(index, linears, stats)
-                if options.propagate == "pruned":  # the next layer sees this layer's pruned outputs
-                    out.close()
-                    out = cache()
-                    run_layer_on_all(adapter, index, inputs, out)
+                with adapter.weights.onloaded(adapter.layers[index], writable=True):
+                    linears = adapter.layer_linears(index)
+                    stats = {name: collectors(linear) for name, linear in linears.items()}
+                    hooks = [linear.register_forward_hook(c.update) for name, linear in linears.items()
+                             for c in stats[name].values()]
+                    try:
+                        run_layer_on_all(adapter, index, inputs, out)
+                    finally:
+                        for hook in hooks:
+                            hook.remove()
+                    prune_layer(index, linears, stats)
+                    del stats
+                    adapter.weights.changed(adapter.layers[index])
+                    if options.propagate == "pruned":  # the next layer sees this layer's pruned outputs
+                        out.close()
+                        out = cache()
+                        run_layer_on_all(adapter, index, inputs, out)
             except BaseException:
                 out.close()
                 raise
             inputs.hidden.close()
             inputs.hidden = out
-            del stats
     finally:
         inputs.hidden.close()
