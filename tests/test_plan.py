@@ -99,8 +99,10 @@ def test_plan_agrees_with_the_measured_peaks_on_the_1_5b_model(run):
     from secateurs.plan import CPU_RUNTIME_BYTES
 
     config = load_config(str(CONFIGS / "qwen2.5-coder-1.5b.json"))
-    shape = RunShape(run["method"], windows=run["samples"], seqlen=run["seqlen"],
-                     blocks=run["options"].get("blocks", 8))
+    options = run["options"]
+    shape = RunShape(run["method"], windows=run["samples"], seqlen=run["seqlen"], blocks=options.get("blocks", 8),
+                     domain_windows=run.get("domain_samples", 64), update_batch_size=options.get("update_batch_size", 8),
+                     epochs=options.get("steps", 1))
     plan = make_plan(config, shape)
     streamed = run["options"].get("offload") == "disk" and plan.offloaded is not None
     predicted = (plan.offloaded_peak_bytes if streamed else plan.peak_bytes) + CPU_RUNTIME_BYTES
@@ -108,3 +110,14 @@ def test_plan_agrees_with_the_measured_peaks_on_the_1_5b_model(run):
         predicted += 2 * min(run["eval_windows"], 4) * run["seqlen"] * config.vocab_size * 4
     measured = run["peak_rss_gib"] * GIB
     assert abs(predicted - measured) / measured < 0.25, (predicted / GIB, measured / GIB)
+
+
+def test_the_cost_model_of_the_search_on_several_processes(capsys):
+    from secateurs.plan import search_speedup
+
+    assert search_speedup(32, 8, 1) == 1.0
+    assert 6.0 < search_speedup(32, 8, 8) < 8  # Llama-2-7B, 8 steps, 8 GPUs: every rank also captures
+    assert search_speedup(32, 8, 2) < search_speedup(32, 8, 4) < search_speedup(32, 8, 8)
+    assert main(["plan", str(CONFIGS / "llama-2-7b.json"), "--method", "blockpruner", "--gpus", "8", "--tflops", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "on 8 GPUs (torchrun)" in out and "6.2x by the cost model" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import logging
@@ -14,13 +15,14 @@ from typing import Any, Sequence
 
 from . import __version__
 from .data import DATA_DIR_ENV, describe_data, resolve_data_dir
+from .distributed import Ranks
 from .errors import SecateursError, Terminated
 from .evaluation.evaluate import PAPER_SEQLEN, EvalSettings, evaluate
 from .evaluation.perplexity import DEFAULT_BATCH_SIZE
 from .evaluation.tasks import SUITES, task_names
 from .export import ENGINES, FORMATS as EXPORT_FORMATS, GGUF_TYPES, INSIDE_PRUNED_DIRECTORY, export
 from .files import check_output_path, write_json_atomic, write_text_atomic
-from .models.loading import DTYPES
+from .models.loading import DTYPES, resolve_device
 from .options import flag_of, own_fields
 from .plan import METHODS as PLAN_METHODS, RunShape, load_config, make_plan, parse_bytes, render
 from .registry import METHODS, get_method, list_methods, make_options
@@ -217,6 +219,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     result = evaluate(args.model, ppl=ppl, tasks=tasks, settings=settings, log_samples=log, dtype=args.dtype,
                       device=args.device, progress=not args.quiet)
     result["command"] = ["secateurs", *args.argv]
+    if not Ranks.from_environment(resolve_device(args.device)).main:
+        return  # under torchrun, rank 0 prints and writes
     if args.speed and args.speed_baseline:
         baseline = evaluate(args.speed_baseline, ppl=[], settings={"speed": speed}, dtype=args.dtype,
                             device=args.device, progress=False)
@@ -255,7 +259,9 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv], format=args.format,
                         gguf_type=args.gguf_type)
     if args.recipe:
-        _report_prune(run_spec(_recipe_spec(args, output)).report, args.out)
+        result = run_spec(_recipe_spec(args, output))
+        if result.main:
+            _report_prune(result.report, args.out)
         return
     if args.model is None:
         raise SecateursError("say which model to prune (an alias, a .gguf file, a directory or a hub id), or --recipe FILE")
@@ -266,7 +272,8 @@ def _cmd_prune(args: argparse.Namespace) -> None:
                           batch_size=args.batch_size, speed=args.speed)
     result = prune(args.model, args.method, _method_options(args), data, evaluation, output, dtype=args.dtype,
                    device=args.device, progress=not args.quiet)
-    _report_prune(result.report, args.out)
+    if result.main:  # under torchrun, rank 0 prints and writes
+        _report_prune(result.report, args.out)
 
 
 def _report_prune(report: dict, out: str | None) -> None:
@@ -352,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except SecateursError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under torchrun, rank 0's line is the one to read
+        print(f"error: {exc}" if rank == "0" else f"error (rank {rank}): {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Terminated:
         print("terminated (SIGTERM); nothing half-written was left behind", file=sys.stderr)
@@ -363,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, previous)
+        Ranks.finish()
     return 0
 
 

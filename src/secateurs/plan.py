@@ -9,6 +9,7 @@ keeps (``ACTIVATION_ELEMENTS``), checked against measured peaks (``benchmarks/dp
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class Plan:
     flops: float
     notes: list[str] = field(default_factory=list)
     offloaded: dict[str, int] | None = None  # the parts at the peak with --offload disk (None: no such mode)
+    layers: int = 0  # decoder layers
 
     @property
     def peak_bytes(self) -> int:
@@ -191,7 +193,29 @@ def make_plan(config: Any, shape: RunShape) -> Plan:
         n * (shape.domain_windows * shape.seqlen if "domain" in what else tokens) for what, n in passes.items())
     if shape.method in ("sparsegpt", "dpruner"):  # OBS per projection: about 2 rows x columns^2 (the updates)
         flops += layers * sum(2 * rows * cols * cols for rows, cols in _linear_shapes(adapter, 0))
-    return Plan(params, targets, parts, passes, float(flops), notes, offloaded)
+    return Plan(params, targets, parts, passes, float(flops), notes, offloaded, layers)
+
+
+CAPTURE_PASSES = 1.0  # a search step's prefix-cache capture: one forward pass, done by every process
+SUFFIX_PASSES = 0.5  # a candidate runs the layers after its first block: half a forward pass on average
+
+
+def search_speedup(layers: int, steps: int, world: int) -> float:
+    """The greedy block search's speed-up on ``world`` processes by the cost model: per step, every process
+    captures the prefix cache and scores its share of the 2L - step candidates (no early abandon)."""
+    one = many = 0.0
+    for step in range(steps):
+        candidates = 2 * layers - step
+        one += CAPTURE_PASSES + candidates * SUFFIX_PASSES
+        many += CAPTURE_PASSES + math.ceil(candidates / world) * SUFFIX_PASSES
+    return one / many
+
+
+def parallel_speedup(plan: Plan, shape: RunShape, world: int) -> float:
+    """The speed-up of a run on ``world`` processes: the search's cost model, or the windows dealt evenly."""
+    if shape.method in STRUCTURED:
+        return search_speedup(plan.layers, shape.blocks, world)
+    return float(min(world, shape.windows))
 
 
 def choose_offload(plan: Plan, budget: int, budget_text: str, on_cpu: bool) -> str:
@@ -248,8 +272,11 @@ def render(plan: Plan, model: str, shape: RunShape, gpus: int = 0, gpu_memory: i
         lines.append(f"  at {tflops:g} TFLOP/s sustained: about {_duration(seconds)} on one device "
                      "(arithmetic only: memory traffic and overheads come on top)")
         if gpus > 1:
-            lines.append(f"  divided over {gpus} GPUs: about {_duration(seconds / gpus)} (the windows divide over "
-                         "the ranks; running on several processes is not written yet)")
+            speedup = parallel_speedup(plan, shape, gpus)
+            lines.append(f"  on {gpus} GPUs (torchrun): about {_duration(seconds / speedup)}, {speedup:.1f}x by the cost "
+                         "model (" + ("the candidates of each step are dealt over the processes; each captures the "
+                                      "prefix cache itself)" if shape.method in STRUCTURED else
+                                      "the calibration windows are dealt over the processes)"))
     lines += [f"note: {n}" for n in plan.notes]
     lines.append(f"note: on the CPU the process itself holds about {CPU_RUNTIME_BYTES / GIB:.1f} GiB more (Python, "
                  "torch, transformers); evaluation after pruning adds its logits (batch x seqlen x vocabulary x 4 bytes "

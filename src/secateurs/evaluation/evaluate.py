@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..data import token_windows
+from ..distributed import Ranks
 from ..errors import SecateursError
 from ..options import build
 from ..models.loading import LoadedModel, load_model
@@ -91,13 +92,15 @@ def evaluate(
         start = time.perf_counter()
         model = load_model(model, dtype=dtype, device=device)
         timings["load_s"] = time.perf_counter() - start
+    ranks = Ranks.from_environment(model.device)  # under torchrun, the windows divide over the processes
     results: dict[str, Any] = {}
     for spec in ppl:
         start = time.perf_counter()
         windows = token_windows(
             spec, model.tokenizer, s.seqlen, data_dir=s.data_dir, max_windows=s.max_windows, text_field=s.text_field
         )
-        results[spec] = perplexity(model.model, windows, batch_size=s.batch_size, progress=progress)
+        results[spec] = perplexity(model.model, windows, batch_size=s.batch_size, progress=progress and ranks.main,
+                                   ranks=ranks)
         timings[f"ppl_{spec}_s"] = time.perf_counter() - start
     task_results: dict[str, Any] = {}
     scorer = None
@@ -117,6 +120,7 @@ def evaluate(
         "tasks": task_results,
         "dtype": dtype_name(model.model),
         "batch_size": s.batch_size,
+        "processes": ranks.world,
     }
     average = paper_average(task_results)
     if average is not None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import TokenWindows
+from ..distributed import Ranks
 from ..models.adapter import ModelAdapter
 from ..models.capture import capture_layer_inputs, run_layer_on_all
 from ..offload import ActivationCache
@@ -34,20 +35,24 @@ def window_nlls(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     desc: str = "perplexity",
+    ranks: Ranks = Ranks(),
 ) -> torch.Tensor:
-    """Mean next-token NLL of every window (float32, on the CPU), batching windows."""
+    """Mean next-token NLL of every window (float32, on the CPU), batching windows.
+
+    Several processes (``ranks``) each run their share of the batches; every rank gets all the NLLs.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     device = device_of(model)
-    ids = windows.input_ids
-    out = []
-    with tqdm(total=len(ids), desc=desc, unit="win", disable=not progress, leave=False) as bar:
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size].to(device)
+    mine = ranks.share(windows.input_ids.split(batch_size))
+    out = {}
+    with tqdm(total=sum(len(b) for _, b in mine), desc=desc, unit="win", disable=not progress, leave=False) as bar:
+        for index, batch in mine:
+            batch = batch.to(device)
             logits = model(input_ids=batch, use_cache=False).logits
-            out.append(next_token_nll(logits, batch).cpu())
+            out[index] = next_token_nll(logits, batch).cpu()
             bar.update(len(batch))
-    return torch.cat(out)
+    return torch.cat(ranks.merge(out))
 
 
 @torch.no_grad()
@@ -60,7 +65,8 @@ def layerwise_window_nlls(adapter: ModelAdapter, windows: TokenWindows, batch_si
     Bit-identical to the whole-model pass (a test).
     """
     device = adapter.device
-    batches = list(windows.input_ids.split(batch_size))
+    mine = adapter.ranks.share(windows.input_ids.split(batch_size))
+    batches = [ids for _, ids in mine]
     inputs = capture_layer_inputs(adapter, [ids.to(device) for ids in batches],
                                   ActivationCache(cache_at, device, cache_dir))
     try:
@@ -75,8 +81,9 @@ def layerwise_window_nlls(adapter: ModelAdapter, windows: TokenWindows, batch_si
             inputs.hidden.close()
             inputs.hidden = out
         with adapter.weights.onloaded(adapter.final_norm, adapter.lm_head):
-            return torch.cat([next_token_nll(adapter.logits(hidden), ids).cpu()
-                              for hidden, ids in zip(inputs.hidden, batches)])
+            out = {index: next_token_nll(adapter.logits(hidden), ids).cpu()
+                   for (index, ids), hidden in zip(mine, inputs.hidden)}
+        return torch.cat(adapter.ranks.merge(out))
     finally:
         inputs.hidden.close()
 
@@ -87,16 +94,18 @@ def perplexity(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     adapter: ModelAdapter | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Token perplexity of ``model`` on ``windows``, with the protocol of the number.
 
     With an ``adapter`` whose weights are streamed, the model runs one layer at a time (same numbers).
     """
     streamed = adapter is not None and adapter.weights.streamed
+    ranks = ranks or (adapter.ranks if adapter is not None else Ranks())
     if streamed:
         nlls = layerwise_window_nlls(adapter, windows, batch_size, progress)
     else:
-        nlls = window_nlls(model, windows, batch_size=batch_size, progress=progress)
+        nlls = window_nlls(model, windows, batch_size=batch_size, progress=progress, ranks=ranks)
     bad = (~torch.isfinite(nlls)).nonzero().flatten().tolist()
     if bad:
         raise SecateursError(f"perplexity on {windows.protocol.get('dataset', 'the windows')}: the loss of window "
@@ -113,6 +122,7 @@ def perplexity(
             "model_dtype": dtype_name(model),
             "device": str(adapter.device if streamed else device_of(model)),
             "batch_size": batch_size,
+            **({"processes": ranks.world} if ranks.world > 1 else {}),
             **({"weights": "streamed from safetensors, one layer at a time"} if streamed else {}),
         },
     }

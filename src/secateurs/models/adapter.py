@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..compat import find_cache
+from ..distributed import Ranks
 from ..errors import SecateursError
 from .streaming import ResidentWeights, StreamedWeights
 from .families import PROJECTIONS, SUPPORTED_FAMILIES, BlockKind, layout_from_structure
@@ -131,9 +132,11 @@ def _num_params(modules: Iterable[nn.Module]) -> int:
 class ModelAdapter:
     """Structural view of a Hugging Face causal LM (Llama, Mistral, Qwen2, Gemma 3 text)."""
 
-    def __init__(self, model: nn.Module, weights: "ResidentWeights | StreamedWeights | None" = None):
+    def __init__(self, model: nn.Module, weights: "ResidentWeights | StreamedWeights | None" = None,
+                 ranks: Ranks | None = None):
         self.model = model
         self.weights = weights if weights is not None else ResidentWeights(model)  # where they live (streaming.py)
+        self.ranks = ranks if ranks is not None else Ranks()  # the processes sharing the work (distributed.py)
         config = model.config
         self.family = getattr(config, "model_type", type(model).__name__)
         if self.family not in SUPPORTED_FAMILIES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from ..data import TokenWindows, token_windows
+from ..distributed import Ranks
 from ..export import INSIDE_PRUNED_DIRECTORY, check_exportable, export_bytes, write_export
 from ..errors import SecateursError
 from ..evaluation.perplexity import perplexity
@@ -34,6 +36,7 @@ class PruneResult:
     model: LoadedModel
     removed: list  # the removed blocks (structured methods; empty for unstructured ones)
     report: dict[str, Any]
+    main: bool = True  # False on every process of a torchrun launch but rank 0 (which prints and writes)
 
 
 @dataclass
@@ -55,7 +58,8 @@ class Run:
             lm = load_model_streamed(model, dtype=spec.dtype, device=spec.device, work_dir=spec.options.offload_dir)
         else:
             lm = load_model(model, dtype=spec.dtype, device=spec.device) if isinstance(model, str) else model
-        run = cls(spec, lm, ModelAdapter(lm.model, lm.weights), {"load_s": time.perf_counter() - start})
+        ranks = Ranks.from_environment(resolve_device(spec.device) if isinstance(model, str) else lm.device)
+        run = cls(spec, lm, ModelAdapter(lm.model, lm.weights, ranks), {"load_s": time.perf_counter() - start})
         try:
             run._check()
         except BaseException:
@@ -66,6 +70,10 @@ class Run:
     def _check(self) -> None:
         """What can fail on this model, checked before any calibration."""
         spec, lm = self.spec, self.lm
+        ranks = self.adapter.ranks
+        ranks.check_agree("arguments", spec.to_recipe())
+        if not ranks.main:
+            spec.progress = False  # one process shows progress and writes
         if spec.output.path is not None:  # the weights' size is known now: refuse a disk too small for them
             params = list(lm.model.parameters())
             weight_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -97,9 +105,11 @@ class Run:
         """Calibration windows of ``name`` (None: the run's set, else the method's default), ``samples``
         documents drawn with the run's seed (None: all of them)."""
         data = self.spec.data
-        return token_windows(name or data.calib or self.spec.method.default_calibration, self.lm.tokenizer,
-                             data.seqlen, data_dir=data.data_dir, samples=samples, seed=data.seed,
-                             text_field=data.text_field)
+        windows = token_windows(name or data.calib or self.spec.method.default_calibration, self.lm.tokenizer,
+                                data.seqlen, data_dir=data.data_dir, samples=samples, seed=data.seed,
+                                text_field=data.text_field)
+        self.adapter.ranks.check_agree("calibration windows", hashlib.sha256(windows.input_ids.numpy().tobytes()).hexdigest())
+        return windows
 
     def evaluation_windows(self, extra: tuple[str, ...] = ()) -> dict[str, TokenWindows]:
         """Windows of every perplexity set to compare on (the run's, then ``extra`` ones not among them)."""
@@ -122,7 +132,7 @@ class Run:
         spec = self.spec
         return {
             "kind": kind, "method": spec.method.name, "model": self.lm.source, **fields,
-            "timings": self.timings, "peak_memory": peak_memory(),
+            "timings": self.timings, "peak_memory": peak_memory(), "processes": self.adapter.ranks.world,
             "recipe": {"method": spec.method.name, **as_dict(spec.options)},
             "command": spec.output.command, "environment": environment(),
         }
@@ -131,6 +141,8 @@ class Run:
               artifacts: list[Artifact] = ()) -> None:
         """Write the model (``save_model(dir)``), artifacts, report.json and report.md, atomically."""
         out = self.spec.output
+        if not self.adapter.ranks.main:
+            return  # one process writes the output
         with atomic_directory(out.path, overwrite=out.overwrite) as tmp:
             save_model(tmp)  # the adapter now holds the model as saved (blocks removed, layers dropped)
             if out.format in INSIDE_PRUNED_DIRECTORY:

@@ -77,7 +77,7 @@ def run_structured(spec: RunSpec) -> PruneResult:
             report["figures"] = plot_structured(report, directory)
 
         run.write(report, save_model)
-    return PruneResult(run.lm, removed, report)
+    return PruneResult(run.lm, removed, report, run.adapter.ranks.main)
 
 
 def steps_from_report(path: str | os.PathLike, k: int | None) -> Selection:

@@ -60,4 +60,4 @@ def _prune(run: Run) -> PruneResult:
             report["figures"] = plot_unstructured(report, directory)
 
         run.write(report, save_model, result.artifacts)
-    return PruneResult(run.lm, [], report)
+    return PruneResult(run.lm, [], report, run.adapter.ranks.main)

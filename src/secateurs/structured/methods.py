@@ -29,6 +29,7 @@ from ..plan import CPU_RUNTIME_BYTES, GIB, PREFIX_CACHE, RunShape, make_plan, pa
 from ..resources import device_of
 from .search import (
     Cost,
+    combined_cost,
     SearchStep,
     Unit,
     VariantEvaluator,
@@ -162,7 +163,8 @@ class GreedyPPL(StructuredMethod):
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
                                      keep_layers=prefix_cache_layers(adapter, windows, options))
         steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
-        return Selection(steps, evaluator.cost.as_dict(), self.score_name, steps_score_calibration_nll=True)
+        return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
+                         steps_score_calibration_nll=True)
 
 
 class LayerSearch(GreedyPPL):
@@ -186,9 +188,10 @@ class OneShotPPL(StructuredMethod):
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
                                      keep_layers=prefix_cache_layers(adapter, windows, options))
         evaluator.prepare()
-        scores = {u.name: evaluator.total(u) / evaluator.n_windows for u in units}
+        totals = adapter.ranks.merge({i: evaluator.total(u) for i, u in adapter.ranks.share(units)})
+        scores = {u.name: total / evaluator.n_windows for u, total in zip(units, totals)}
         steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
-        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+        return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name)
 
 
 def _js_loss(reference: list[torch.Tensor]):
@@ -223,7 +226,7 @@ class FinerCut(StructuredMethod):
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, loss=_js_loss(reference),
                                      fast=not options.naive, keep_layers=prefix_cache_layers(adapter, windows, options))
         steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
-        return Selection(steps, evaluator.cost.as_dict(), self.score_name)
+        return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name)
 
 
 def _unit_boundaries(adapter: ModelAdapter, unit: Unit) -> tuple[Any, Any]:
@@ -254,7 +257,8 @@ class OneShotStatistic(StructuredMethod):
         units = self.units(adapter, options)
         per_token: dict[str, list[torch.Tensor]] = {u.name: [] for u in units}
         device = adapter.device
-        batches = [ids.to(device) for ids in windows.input_ids.split(options.batch_size)]
+        mine = adapter.ranks.share(windows.input_ids.split(options.batch_size))  # several processes: a share each
+        batches = [ids.to(device) for _, ids in mine]
 
         def cache() -> ActivationCache:
             return ActivationCache(options.offload, device, options.offload_dir)
@@ -285,9 +289,13 @@ class OneShotStatistic(StructuredMethod):
                 inputs.hidden = out
         finally:
             inputs.hidden.close()
+        if adapter.ranks.world > 1:  # every batch's values, in batch order, on every rank
+            shares = adapter.ranks.merge({index: {name: values[k] for name, values in per_token.items()}
+                                          for k, (index, _) in enumerate(mine)})
+            per_token = {name: [share[name] for share in shares] for name in per_token}
         scores = {name: torch.cat(values).double().mean().item() for name, values in per_token.items()}
         steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
-        return Selection(steps, cost.as_dict(), self.score_name)
+        return Selection(steps, combined_cost(adapter.ranks, cost), self.score_name)
 
 
 class ShortGPT(OneShotStatistic):

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import Ranks
 from ..models.adapter import Block, ModelAdapter
 from ..models.capture import FINAL, Recorder, run_layers
 from ..data import TokenWindows
@@ -84,6 +85,16 @@ class Cost:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+def combined_cost(ranks: Ranks, cost: Cost) -> dict[str, Any]:
+    """The work of all processes summed, and each one's (with several processes: the work divides)."""
+    shares = ranks.gather(cost.as_dict())
+    if len(shares) == 1:
+        return shares[0]
+    total = {key: sum(s[key] for s in shares) for key in shares[0]}
+    total["cached_streams_per_batch"] = cost.cached_streams_per_batch
+    return {**total, "per_process": shares}
 
 
 BOUND_TOP_K = 128  # tokens per position the current model ranks highest, kept in the bound's vocabulary
@@ -328,9 +339,10 @@ def greedy_search(
                 previous.get(candidates[i].name, math.inf), tuple(-p for p in forward_position(candidates[i].first)), i))
             best_total, best_index = math.inf, -1
             totals: dict[str, float | None] = {}
+            mine = [i for _, i in adapter.ranks.share(order)]  # several processes: each scores its share
             with adapter.skipped(removed):
                 evaluator.prepare()
-                for i in order:
+                for i in mine:
                     total = evaluator.total(candidates[i], bound=best_total)
                     totals[candidates[i].name] = total
                     if total is not None and (total < best_total or (total == best_total and i < best_index)):
@@ -339,6 +351,12 @@ def greedy_search(
                     if best_index >= 0:
                         bar.set_postfix_str(f"step {len(steps) + 1}/{total_steps}, best {candidates[best_index].name} "
                                             f"ppl {math.exp(best_total / evaluator.n_windows):.3f}")
+            if adapter.ranks.world > 1:  # every rank sees every total and makes the same decision
+                for share in adapter.ranks.gather(totals):
+                    totals.update(share)
+                bar.update(len(candidates) - len(mine))
+                best_total, best_index = min((t, i) for i, c in enumerate(candidates)
+                                             if (t := totals[c.name]) is not None)
             chosen = candidates[best_index]
             removed.extend(chosen.blocks)
             ratio = removal_ratio(adapter, removed, dense)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import Ranks
+
 
 class Collector:
     """Accumulates a statistic of a linear layer's inputs over calibration tokens."""
@@ -24,6 +26,19 @@ class Collector:
     def add(self, x: torch.Tensor) -> None:  # x: (tokens, in_features), float32
         raise NotImplementedError
 
+    def sums(self) -> list[torch.Tensor]:
+        """The accumulators: sums over tokens, so the shares of several processes add up."""
+        raise NotImplementedError
+
+    def reduce(self, ranks: Ranks) -> None:
+        """Sum the statistic over the processes (each saw its share of the windows)."""
+        if ranks.world == 1:
+            return
+        for total in self.sums():
+            ranks.sum_(total)
+        tokens = ranks.sum_(torch.tensor([self.tokens], dtype=torch.int64))
+        self.tokens = int(tokens.item())
+
 
 class InputNorms(Collector):
     """Squared L2 norm of every input feature over all tokens: ||X_j||^2 (Wanda)."""
@@ -34,6 +49,9 @@ class InputNorms(Collector):
 
     def add(self, x: torch.Tensor) -> None:
         self.squares += x.pow(2).sum(dim=0, dtype=torch.float64)
+
+    def sums(self) -> list[torch.Tensor]:
+        return [self.squares]
 
     @property
     def norms(self) -> torch.Tensor:
@@ -49,6 +67,9 @@ class Hessian(Collector):
 
     def add(self, x: torch.Tensor) -> None:
         self.xtx.addmm_(x.T, x)
+
+    def sums(self) -> list[torch.Tensor]:
+        return [self.xtx]
 
     @property
     def hessian(self) -> torch.Tensor:

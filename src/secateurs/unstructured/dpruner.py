@@ -214,10 +214,19 @@ def next_token_loss(adapter: ModelAdapter, ids: torch.Tensor, chunk_tokens: int 
 
 
 def _backward_with_hooks(adapter: ModelAdapter, params: list[nn.Parameter], ids: torch.Tensor,
-                         on_grad: Callable[[nn.Parameter, torch.Tensor], None]) -> float:
-    """Forward + backward; each parameter's gradient goes to ``on_grad`` as soon as it is ready, then is freed."""
+                         on_grad: Callable[[nn.Parameter, torch.Tensor], None], share: float = 1.0) -> float:
+    """Forward + backward; each parameter's gradient goes to ``on_grad`` as soon as it is ready, then is freed.
+
+    With several processes, each ran ``share`` of the batch's windows: the gradients (and the loss) are
+    the share-weighted sums over the processes, i.e. those of the whole batch (up to summation order).
+    """
+    ranks = adapter.ranks
+
     def hook(param: nn.Parameter) -> None:
-        on_grad(param, param.grad.float())
+        grad = param.grad.float()
+        if ranks.world > 1:
+            ranks.sum_(grad.mul_(share))
+        on_grad(param, grad)
         param.grad = None
 
     handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
@@ -227,7 +236,9 @@ def _backward_with_hooks(adapter: ModelAdapter, params: list[nn.Parameter], ids:
     finally:
         for handle in handles:
             handle.remove()
-    return float(loss.detach())
+    if ranks.world == 1:
+        return float(loss.detach())
+    return float(ranks.sum_(loss.detach().double().reshape(1) * share))
 
 
 def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dict[str, torch.Tensor],
@@ -254,6 +265,7 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
         acc.originals, acc.parameter_name = originals, {name: name_of[p] for p, name in acc.targets.items()}
     device = device_of(model)
     batches = [b.to(device) for b in windows.input_ids.split(options.update_batch_size)]
+    ranks = adapter.ranks  # several processes: each runs its share of every update's windows
     total_updates = max(1, options.steps) * len(batches)
     losses: list[float] = []
     was_training = model.training
@@ -265,7 +277,11 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
         with torch.enable_grad(), tqdm(total=total_updates, desc="domain importance", unit="step",
                                        disable=not progress) as bar:
             for update in range(total_updates):
-                ids = batches[update % len(batches)]
+                everyone = batches[update % len(batches)]
+                if len(everyone) >= ranks.world:
+                    ids, share = everyone[ranks.rank::ranks.world], len(everyone[ranks.rank::ranks.world]) / len(everyone)
+                else:  # fewer windows than processes: each runs them all and counts for 1/world
+                    ids, share = everyone, 1 / ranks.world
                 lr = _schedule(update, total_updates, options.warmup, options.lr)
                 norm_sq = [0.0]
 
@@ -274,7 +290,7 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
                     acc.accumulate(param, g)
                     norm_sq[0] += float(torch.linalg.vector_norm(g)) ** 2
 
-                losses.append(_backward_with_hooks(adapter, params, ids, importance_step))
+                losses.append(_backward_with_hooks(adapter, params, ids, importance_step, share))
                 if not math.isfinite(losses[-1]):
                     raise SecateursError(f"D-Pruner: the loss at update {update + 1} of {total_updates} is {losses[-1]} "
                                          "(try a smaller --dpruner-lr)")
@@ -286,7 +302,7 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
                         with torch.no_grad():
                             param.sub_(scale * g.to(param.dtype))
 
-                    _backward_with_hooks(adapter, params, ids, update_step)
+                    _backward_with_hooks(adapter, params, ids, update_step, share)
                 acc.lr_previous = lr
                 bar.set_postfix_str(f"loss {losses[-1]:.3f}")
                 bar.update(1)

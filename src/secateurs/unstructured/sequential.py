@@ -50,7 +50,10 @@ def run_sequential(
     def cache() -> ActivationCache:
         return ActivationCache(options.offload, device, options.offload_dir)
 
-    batches = [ids.to(device) for ids in windows.input_ids.split(options.batch_size)]
+    ranks = adapter.ranks  # each process takes its share of the batches; the statistics are summed over all
+    everyone = windows.input_ids.split(options.batch_size)
+    ranks.check_enough(len(everyone), "batches of calibration windows")
+    batches = [ids.to(device) for _, ids in ranks.share(everyone)]
     inputs = LayerInputs(cache(), [])
     try:
         inputs = capture_layer_inputs(adapter, batches, inputs.hidden)
@@ -67,6 +70,9 @@ def run_sequential(
                     finally:
                         for hook in hooks:
                             hook.remove()
+                    for collected in stats.values():
+                        for collector in collected.values():
+                            collector.reduce(ranks)
                     prune_layer(index, linears, stats)
                     del stats
                     adapter.weights.changed(adapter.layers[index])
