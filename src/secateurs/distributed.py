@@ -40,6 +40,18 @@ class Ranks:
         """The process that prints progress and writes the output and the report."""
         return self.rank == 0
 
+    @staticmethod
+    def device_of_process(device: torch.device) -> torch.device:
+        """Under torchrun on GPUs, each process computes on its own GPU (``LOCAL_RANK``); else ``device``."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or device.type != "cuda":
+            return device
+        if device.index not in (None, 0):
+            raise SecateursError(f"--device {device} with several processes: each process takes the GPU of its "
+                                 "LOCAL_RANK; pass --device cuda")
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
+        return local
+
     @classmethod
     def from_environment(cls, device: torch.device) -> "Ranks":
         """The ranks torchrun set up (``WORLD_SIZE`` > 1), with the process group joined; else one process."""

@@ -11,7 +11,7 @@ from ..data import token_windows
 from ..distributed import Ranks
 from ..errors import SecateursError
 from ..options import build
-from ..models.loading import LoadedModel, load_model
+from ..models.loading import LoadedModel, load_model, resolve_device
 from .perplexity import DEFAULT_BATCH_SIZE, perplexity
 from .scoring import run_task
 from ..reporting.provenance import environment
@@ -90,7 +90,7 @@ def evaluate(
     timings: dict[str, float] = {}
     if isinstance(model, str):
         start = time.perf_counter()
-        model = load_model(model, dtype=dtype, device=device)
+        model = load_model(model, dtype=dtype, device=str(Ranks.device_of_process(resolve_device(device))))
         timings["load_s"] = time.perf_counter() - start
     ranks = Ranks.from_environment(model.device)  # under torchrun, the windows divide over the processes
     results: dict[str, Any] = {}

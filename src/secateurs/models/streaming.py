@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -119,7 +118,8 @@ class StreamedWeights:
         self._cleanup()
 
     # --- reading -------------------------------------------------------------------------------------
-    def _read(self, key: str, writable: bool) -> torch.Tensor:
+    def _read(self, key: str, writable: bool, device: torch.device | None = None) -> torch.Tensor:
+        """Tensor ``key`` on ``device`` (default: the compute device) in the compute dtype."""
         from safetensors import safe_open
 
         file = self._written.get(key, self.files[key])
@@ -133,7 +133,7 @@ class StreamedWeights:
                 raise SecateursError(f"{self.checkpoint}: weight {key} holds NaN or inf values (is the file corrupted?)")
             self._checked.add(key)
         dtype = self.dtype if mapped.is_floating_point() else mapped.dtype
-        return mapped.to(device=self.device, dtype=dtype, copy=writable)
+        return mapped.to(device=device or self.device, dtype=dtype, copy=writable)
 
     @contextlib.contextmanager
     def onloaded(self, *modules: nn.Module, writable: bool = False) -> Iterator[None]:
@@ -182,13 +182,13 @@ class StreamedWeights:
             _link_or_copy(shard, target)
             weight_map.update({key: target.name for key, file in self._written.items() if file == shard})
         for number, key in enumerate(sorted(k for k in self.files if k not in self._written)):
-            tensor = self._read(key, writable=False).to("cpu").contiguous()  # one tensor at a time
+            tensor = self._read(key, writable=False, device=torch.device("cpu")).contiguous()  # one at a time
             target = directory / f"model-{number:05d}.safetensors"
             check_free_space(target, tensor.numel() * tensor.element_size())
             save_file({key: tensor}, str(target), metadata={"format": "pt"})
             weight_map[key] = target.name
             del tensor
-        total = sum(_stored_bytes(directory / file, key) for key, file in weight_map.items())
+        total = sum(_stored_bytes(directory / file, key) for key, file in weight_map.items())  # headers excluded
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
@@ -238,10 +238,9 @@ def _stored_dtype(file: Path) -> torch.dtype:
 
 
 def _stored_bytes(file: Path, key: str) -> int:
+    """The bytes of tensor ``key`` in ``file`` (its shape and dtype; the memory map reads nothing)."""
     from safetensors import safe_open
 
     with safe_open(file, "pt") as f:
-        view = f.get_slice(key)
-        shape, dtype = view.get_shape(), view.get_dtype()
-    itemsize = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "BF16": 2, "F16": 2, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}[dtype]
-    return math.prod(shape) * itemsize
+        tensor = f.get_tensor(key)
+        return tensor.numel() * tensor.element_size()

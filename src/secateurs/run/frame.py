@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,11 +55,13 @@ class Run:
         model = spec.model
         if isinstance(model, str) and getattr(spec.options, "max_memory", None):
             spec.options = dataclasses.replace(spec.options, offload=offload_for_budget(spec, model))
-        if isinstance(model, str) and spec.streams_weights:
-            lm = load_model_streamed(model, dtype=spec.dtype, device=spec.device, work_dir=spec.options.offload_dir)
+        if isinstance(model, str):
+            device = str(Ranks.device_of_process(resolve_device(spec.device)))  # torchrun on GPUs: one GPU each
+            lm = (load_model_streamed(model, dtype=spec.dtype, device=device, work_dir=spec.options.offload_dir)
+                  if spec.streams_weights else load_model(model, dtype=spec.dtype, device=device))
         else:
-            lm = load_model(model, dtype=spec.dtype, device=spec.device) if isinstance(model, str) else model
-        ranks = Ranks.from_environment(resolve_device(spec.device) if isinstance(model, str) else lm.device)
+            lm = model
+        ranks = Ranks.from_environment(lm.device)
         run = cls(spec, lm, ModelAdapter(lm.model, lm.weights, ranks), {"load_s": time.perf_counter() - start})
         try:
             run._check()
@@ -168,7 +171,7 @@ def offload_for_budget(spec: RunSpec, model: str) -> str:
                      batch_size=spec.options.batch_size, dtype_bytes=dtype.itemsize)
     plan = make_plan(config, shape)
     offload = choose_offload(plan, parse_bytes(budget), budget, on_cpu=resolve_device(spec.device).type == "cpu")
-    if spec.progress:
+    if spec.progress and os.environ.get("RANK", "0") == "0":
         print(f"--max-memory {budget}: predicted peak {plan.peak_bytes / GIB:.2f} GiB in memory"
               + (f", {plan.offloaded_peak_bytes / GIB:.2f} GiB with --offload disk" if plan.offloaded else "")
               + f" (+ about {CPU_RUNTIME_BYTES / GIB:.1f} GiB of runtime on the CPU): --offload {offload}", file=sys.stderr)

@@ -290,7 +290,7 @@ class OneShotStatistic(StructuredMethod):
         finally:
             inputs.hidden.close()
         if adapter.ranks.world > 1:  # every batch's values, in batch order, on every rank
-            shares = adapter.ranks.merge({index: {name: values[k] for name, values in per_token.items()}
+            shares = adapter.ranks.merge({index: {name: values[k].cpu() for name, values in per_token.items()}
                                           for k, (index, _) in enumerate(mine)})
             per_token = {name: [share[name] for share in shares] for name in per_token}
         scores = {name: torch.cat(values).double().mean().item() for name, values in per_token.items()}

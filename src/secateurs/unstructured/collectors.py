@@ -36,7 +36,7 @@ class Collector:
             return
         for total in self.sums():
             ranks.sum_(total)
-        tokens = ranks.sum_(torch.tensor([self.tokens], dtype=torch.int64))
+        tokens = ranks.sum_(torch.tensor([self.tokens], dtype=torch.int64, device=self.sums()[0].device))
         self.tokens = int(tokens.item())
 
 

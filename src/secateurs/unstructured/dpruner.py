@@ -278,8 +278,9 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
                                        disable=not progress) as bar:
             for update in range(total_updates):
                 everyone = batches[update % len(batches)]
+                mine = everyone[ranks.rank::ranks.world]
                 if len(everyone) >= ranks.world:
-                    ids, share = everyone[ranks.rank::ranks.world], len(everyone[ranks.rank::ranks.world]) / len(everyone)
+                    ids, share = mine, len(mine) / len(everyone)
                 else:  # fewer windows than processes: each runs them all and counts for 1/world
                     ids, share = everyone, 1 / ranks.world
                 lr = _schedule(update, total_updates, options.warmup, options.lr)
