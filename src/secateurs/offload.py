@@ -184,3 +184,10 @@ class ActivationCache:
         self._memory.clear()
         if self._disk is not None:
             self._disk.close()
+
+    def clear(self) -> None:
+        """Drop every batch; the cache can be filled again."""
+        self.close()
+        self._count = 0
+        if self._disk is not None:
+            self._disk = DiskTensors(self._disk.root.parent, prefix="secateurs-activations-")

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..data import TokenWindows
 from ..distributed import Ranks
 from ..models.adapter import ModelAdapter
-from ..models.capture import capture_layer_inputs, run_layer_on_all
+from ..models.capture import capture_layer_inputs, next_layer, run_layer_on_all
 from ..offload import ActivationCache
 from ..resources import device_of, dtype_name
 from ..errors import SecateursError
@@ -67,19 +67,14 @@ def layerwise_window_nlls(adapter: ModelAdapter, windows: TokenWindows, batch_si
     device = adapter.device
     mine = adapter.ranks.share(windows.input_ids.split(batch_size))
     batches = [ids for _, ids in mine]
-    inputs = capture_layer_inputs(adapter, [ids.to(device) for ids in batches],
-                                  ActivationCache(cache_at, device, cache_dir))
+    def cache() -> ActivationCache:
+        return ActivationCache(cache_at, device, cache_dir)
+
+    inputs = capture_layer_inputs(adapter, [ids.to(device) for ids in batches], cache())
     try:
         for index in tqdm(range(adapter.num_layers), desc="perplexity", unit="layer", disable=not progress, leave=False):
-            out = ActivationCache(cache_at, device, cache_dir)
-            try:
-                with adapter.weights.onloaded(adapter.layers[index]):
-                    run_layer_on_all(adapter, index, inputs, out)
-            except BaseException:
-                out.close()
-                raise
-            inputs.hidden.close()
-            inputs.hidden = out
+            with next_layer(inputs, cache) as out, adapter.weights.onloaded(adapter.layers[index]):
+                run_layer_on_all(adapter, index, inputs, out)
         with adapter.weights.onloaded(adapter.final_norm, adapter.lm_head):
             out = {index: next_token_nll(adapter.logits(hidden), ids).cpu()
                    for (index, ids), hidden in zip(mine, inputs.hidden)}

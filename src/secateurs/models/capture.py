@@ -7,8 +7,9 @@ search (the stream entering every block, and the last hidden state before the fi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -87,6 +88,20 @@ def capture_layer_inputs(adapter: ModelAdapter, batches: list[torch.Tensor], hid
                 adapter.run_decoder(ids)
             kwargs.append(calls)
     return LayerInputs(hidden, kwargs)
+
+
+@contextlib.contextmanager
+def next_layer(inputs: LayerInputs, cache: Callable[[], ActivationCache]) -> Iterator[ActivationCache]:
+    """A fresh cache for the streams that enter the next layer. When the block succeeds it replaces
+    ``inputs.hidden`` (the old cache is freed); when it fails it is freed itself."""
+    out = cache()
+    try:
+        yield out
+    except BaseException:
+        out.close()
+        raise
+    inputs.hidden.close()
+    inputs.hidden = out
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..models.adapter import Block, ModelAdapter
 from ..data import TokenWindows
 from ..errors import SecateursError
-from ..models.capture import FINAL, Recorder, capture_layer_inputs
+from ..models.capture import FINAL, Recorder, capture_layer_inputs, next_layer
 from ..offload import ActivationCache, BudgetOption, OffloadOptions
 from ..options import option
 from ..plan import CPU_RUNTIME_BYTES, GIB, PREFIX_CACHE, RunShape, make_plan, parse_bytes
@@ -268,25 +268,18 @@ class OneShotStatistic(StructuredMethod):
         try:
             for index in tqdm(range(adapter.num_layers), desc=self.name, unit="layer", disable=not progress):
                 here = [u for u in units if u.first.layer == index]
-                out = cache()
-                try:
-                    with adapter.weights.onloaded(adapter.layers[index]):
-                        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
-                            streams = {Block("mha", index): hidden}
-                            with Recorder(adapter, streams, every_block=True):  # the MLP block's entry
-                                streams["out"] = adapter.run_layer(index, hidden, kwargs[index])
-                            cost.block_window_evals += 2 * len(hidden)
-                            for unit in here:
-                                start, end = _unit_boundaries(adapter, unit)
-                                end = end if end in streams else "out"  # the next layer's input or FINAL
-                                per_token[unit.name].append(
-                                    self.statistic(streams[start].float(), streams[end].float()).flatten())
-                            out.append(streams["out"])
-                except BaseException:
-                    out.close()
-                    raise
-                inputs.hidden.close()
-                inputs.hidden = out
+                with next_layer(inputs, cache) as out, adapter.weights.onloaded(adapter.layers[index]):
+                    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
+                        streams = {Block("mha", index): hidden}
+                        with Recorder(adapter, streams, every_block=True):  # the MLP block's entry
+                            streams["out"] = adapter.run_layer(index, hidden, kwargs[index])
+                        cost.block_window_evals += 2 * len(hidden)
+                        for unit in here:
+                            start, end = _unit_boundaries(adapter, unit)
+                            end = end if end in streams else "out"  # the next layer's input or FINAL
+                            per_token[unit.name].append(
+                                self.statistic(streams[start].float(), streams[end].float()).flatten())
+                        out.append(streams["out"])
         finally:
             inputs.hidden.close()
         if adapter.ranks.world > 1:  # every batch's values, in batch order, on every rank

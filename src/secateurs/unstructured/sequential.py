@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.adapter import ModelAdapter
-from ..models.capture import LayerInputs, capture_layer_inputs, run_layer_on_all
+from ..models.capture import LayerInputs, capture_layer_inputs, next_layer, run_layer_on_all
 from ..offload import ActivationCache
 from ..data import TokenWindows
 from .collectors import Collector
@@ -58,32 +58,24 @@ def run_sequential(
     try:
         inputs = capture_layer_inputs(adapter, batches, inputs.hidden)
         for index in tqdm(range(adapter.num_layers), desc=desc, unit="layer", disable=not progress):
-            out = cache()  # what enters the next layer
-            try:
-                with adapter.weights.onloaded(adapter.layers[index], writable=True):
-                    linears = adapter.layer_linears(index)
-                    stats = {name: collectors(linear) for name, linear in linears.items()}
-                    hooks = [linear.register_forward_hook(c.update) for name, linear in linears.items()
-                             for c in stats[name].values()]
-                    try:
-                        run_layer_on_all(adapter, index, inputs, out)
-                    finally:
-                        for hook in hooks:
-                            hook.remove()
-                    for collected in stats.values():
-                        for collector in collected.values():
-                            collector.reduce(ranks)
-                    prune_layer(index, linears, stats)
-                    del stats
-                    adapter.weights.changed(adapter.layers[index])
-                    if options.propagate == "pruned":  # the next layer sees this layer's pruned outputs
-                        out.close()
-                        out = cache()
-                        run_layer_on_all(adapter, index, inputs, out)
-            except BaseException:
-                out.close()
-                raise
-            inputs.hidden.close()
-            inputs.hidden = out
+            with next_layer(inputs, cache) as out, adapter.weights.onloaded(adapter.layers[index], writable=True):
+                linears = adapter.layer_linears(index)
+                stats = {name: collectors(linear) for name, linear in linears.items()}
+                hooks = [linear.register_forward_hook(c.update) for name, linear in linears.items()
+                         for c in stats[name].values()]
+                try:
+                    run_layer_on_all(adapter, index, inputs, out)
+                finally:
+                    for hook in hooks:
+                        hook.remove()
+                for collected in stats.values():
+                    for collector in collected.values():
+                        collector.reduce(ranks)
+                prune_layer(index, linears, stats)
+                del stats
+                adapter.weights.changed(adapter.layers[index])
+                if options.propagate == "pruned":  # the next layer sees this layer's pruned outputs
+                    out.clear()
+                    run_layer_on_all(adapter, index, inputs, out)
     finally:
         inputs.hidden.close()
