@@ -33,6 +33,7 @@ def _weights(directory):
 
 
 @pytest.mark.parametrize("method,extra", [("blockpruner", ["--blocks", "3"]),
+                                          ("blockpruner", ["--blocks", "2", "--search", "halving", "--halving-windows", "2"]),
                                           ("shortgpt", ["--blocks", "1", "--unit", "block"])])
 def test_two_processes_choose_the_blocks_of_one(method, extra, tiny_model_dir, data_dir, tmp_path):
     args = ["prune", str(tiny_model_dir), "--method", method, *extra, *_common(data_dir)]
@@ -48,7 +49,10 @@ def test_two_processes_choose_the_blocks_of_one(method, extra, tiny_model_dir, d
             (entry["dense_ppl"], entry["pruned_ppl"])
     assert two["evaluation"]["wikitext2"]["protocol"]["processes"] == 2
     per_process = two["search_cost"].get("per_process")
-    if method != "shortgpt":
+    if "halving" in extra:  # the same eliminations and finalists, whichever process scored them
+        assert (two["search_cost"]["eliminated"], two["search_cost"]["completed"] + two["search_cost"]["abandoned"]) == \
+            (one["search_cost"]["eliminated"], one["search_cost"]["completed"] + one["search_cost"]["abandoned"]) != (0, 0)
+    elif method != "shortgpt":
         assert len(per_process) == 2 and all(p["completed"] > 0 for p in per_process)  # both did part of the work
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "tiny-llama", "two"]  # nothing else written
     assert run.stdout.count("(in this order)") == 1  # rank 0 alone prints
@@ -77,15 +81,22 @@ def test_two_processes_give_the_masks_of_one(method, extra, threshold, tiny_mode
     assert report["processes"] == 2
 
 
-def test_eval_divides_the_windows_and_gives_the_same_perplexity(tiny_model_dir, data_dir, tmp_path):
+def test_eval_divides_the_windows_and_rows_and_gives_the_same_numbers(tiny_model_dir, data_dir, tmp_path):
     args = ["eval", str(tiny_model_dir), "--ppl", "wikitext2", "--seqlen", "32", "--max-windows", "7",
-            "--batch-size", "2", "--data-dir", str(data_dir), "--device", "cpu"]
-    assert main(["--quiet", *args, "--out", str(tmp_path / "one.json")]) == 0
-    run = _torchrun(*args, "--out", str(tmp_path / "two.json"))
+            "--tasks", "arc_easy,meqsum", "--limit", "5", "--batch-size", "2", "--data-dir", str(data_dir),
+            "--device", "cpu"]
+    assert main(["--quiet", *args, "--out", str(tmp_path / "one.json"), "--log-samples", str(tmp_path / "one.jsonl")]) == 0
+    run = _torchrun(*args, "--out", str(tmp_path / "two.json"), "--log-samples", str(tmp_path / "two.jsonl"))
     assert run.returncode == 0, run.stderr[-3000:]
-    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["perplexity"]["wikitext2"] for n in ("one", "two"))
-    assert two["window_nll"] == one["window_nll"] and two["ppl"] == one["ppl"]
-    assert two["protocol"]["processes"] == 2
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    ppl_one, ppl_two = one["perplexity"]["wikitext2"], two["perplexity"]["wikitext2"]
+    assert ppl_two["window_nll"] == ppl_one["window_nll"] and ppl_two["ppl"] == ppl_one["ppl"]
+    assert ppl_two["protocol"]["processes"] == 2 and two["processes"] == 2
+    for task in ("arc_easy", "meqsum"):  # rows divided: the same metrics, every row scored once
+        assert two["tasks"][task]["metrics"] == one["tasks"][task]["metrics"]
+        assert two["tasks"][task]["n"] == one["tasks"][task]["n"] == 5
+    # every row's log-likelihoods and prediction, in row order, as one process wrote them
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 
 def test_more_processes_than_batches_is_one_line(tiny_model_dir, data_dir, tmp_path):

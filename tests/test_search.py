@@ -1,3 +1,4 @@
+import json
 import math
 
 import torch
@@ -97,7 +98,7 @@ def test_vocabulary_bound_never_exceeds_the_exact_nll(family):
     windows = _windows(n=3)
     evaluator = VariantEvaluator(adapter, windows, batch_size=3)
     evaluator.prepare()
-    bound = VocabularyBound.from_current(adapter, evaluator._states[0][FINAL], windows.input_ids, top_k=4)
+    bound = VocabularyBound.from_current(adapter, adapter.logits(evaluator._states[0][FINAL]), windows.input_ids, top_k=4)
     assert len(bound.head.weight) < model.config.vocab_size  # a real subset, or the test proves nothing
     for unit in block_units(adapter):
         with adapter.skipped(unit.blocks):
@@ -156,3 +157,85 @@ def test_statistics_layer_by_layer_equal_those_of_the_whole_prefix_cache(family,
                 assert all(step.score == expected[step.unit] for step in steps)  # bit-identical
                 assert not list(tmp_path.iterdir())
     assert FINAL in states[0]
+
+
+def _scored_search(model, windows, halving=None, order_windows=True, steps=3, batch_size=1):
+    adapter = ModelAdapter(model)
+    evaluator = VariantEvaluator(adapter, windows, batch_size=batch_size, order_windows=order_windows)
+    found = greedy_search(adapter, block_units(adapter), evaluator, max_steps=steps, progress=False, halving=halving)
+    return found, evaluator.cost
+
+
+def test_ordering_the_windows_keeps_the_choices_and_scores_bit_identical(family):
+    model = tiny_model(family, seed=3)
+    windows = _windows(n=8)
+    canonical, canonical_cost = _scored_search(model, windows, order_windows=False)
+    ordered, ordered_cost = _scored_search(model, windows)
+    naive, _ = _search(model, fast=False, steps=3)  # batch 2: the totals are summed the same way
+    assert [s.unit for s in ordered] == [s.unit for s in canonical]
+    assert [s.score for s in ordered] == [s.score for s in canonical]
+    for a, b in zip(ordered, canonical):  # a candidate completed in both has the same total, to the bit
+        assert all(a.candidates[k] == v for k, v in b.candidates.items() if v is not None and a.candidates[k] is not None)
+    assert ordered_cost.completed + ordered_cost.abandoned == canonical_cost.completed + canonical_cost.abandoned
+    assert sum(s.block_window_evals for s in ordered) == ordered_cost.block_window_evals
+
+
+def test_the_order_puts_a_candidates_likely_worst_batches_first():
+    adapter = ModelAdapter(tiny_model("llama"))
+    evaluator = VariantEvaluator(adapter, _windows(n=4), batch_size=1)
+    evaluator.prepare()
+    current = evaluator._current
+    assert evaluator.order(range(4)) == sorted(range(4), key=lambda b: -current[b])
+    assert evaluator.order(range(4), predicted={2: 1e9, 0: -1.0})[0] == 2  # its own losses come first
+    assert evaluator.order(range(4), predicted={2: 1e9, 0: -1.0})[-1] == 0
+    assert evaluator.order([3, 1]) == sorted([3, 1], key=lambda b: -current[b])
+    evaluator.order_windows = False
+    assert evaluator.order(range(4)) == [0, 1, 2, 3]
+
+
+def test_halving_over_all_windows_at_once_is_the_exact_search():
+    from secateurs.structured.search import Halving
+    model = tiny_model("qwen2", seed=4)
+    windows = _windows(n=6)
+    exact, _ = _scored_search(model, windows)
+    whole, cost = _scored_search(model, windows, halving=Halving(first_windows=6))
+    assert [(s.unit, s.score) for s in whole] == [(s.unit, s.score) for s in exact]
+    assert cost.eliminated == 0 and all(not s.screened for s in whole)
+
+
+def test_halving_eliminates_on_few_windows_and_finishes_the_survivors_exactly(family):
+    from secateurs.structured.search import Halving
+    model = tiny_model(family, seed=3)
+    windows = _windows(n=8)
+    exact, exact_cost = _scored_search(model, windows, steps=2)
+    halved, cost = _scored_search(model, windows, halving=Halving(first_windows=1, keep=0.5), steps=2)
+    for step in halved:
+        finished = {k: v for k, v in step.candidates.items() if v is not None}
+        assert step.screened and not set(step.screened) & set(finished)
+        assert set(step.screened) | set(step.candidates) == set(step.candidates)  # every candidate accounted for
+        assert step.score == finished[step.unit] == min(finished.values())
+    # The survivors' totals are exact: bit-identical to the naive search's (every candidate completes there).
+    adapter = ModelAdapter(model)
+    naive = greedy_search(adapter, block_units(adapter), VariantEvaluator(adapter, windows, batch_size=1, fast=False),
+                          max_steps=1, progress=False)[0]
+    finished = {k: v for k, v in halved[0].candidates.items() if v is not None}
+    assert finished and all(naive.candidates[k] == v for k, v in finished.items())
+    assert cost.eliminated > 0 and cost.block_window_evals < exact_cost.block_window_evals
+
+
+def test_halving_is_refused_for_the_one_shot_ranking_and_checked(tiny_model_dir, data_dir, tmp_path, capsys):
+    from secateurs.cli import main
+    common = [str(tiny_model_dir), "--data-dir", str(data_dir), "--samples", "4", "--seqlen", "32", "--blocks", "1",
+              "--device", "cpu", "--eval-max-windows", "2"]
+    assert main(["--quiet", "prune", *common, "--method", "one-shot-ppl", "--search", "halving", "--out", str(tmp_path / "a")]) != 0
+    assert "--search halving is for the greedy searches" in capsys.readouterr().err
+    assert main(["--quiet", "prune", *common, "--method", "blockpruner", "--search", "halving", "--halving-keep", "1.5",
+                 "--out", str(tmp_path / "b")]) != 0
+    assert "--halving-keep must be in (0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main(["--quiet", "prune", *common, "--method", "blockpruner", "--search", "halving", "--halving-windows", "1",
+                 "--batch-size", "1", "--out", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["search"].startswith("successive halving (approximate)") and report["recipe"]["search"] == "halving"
+    assert report["search_cost"]["eliminated"] > 0
+    assert "Search: successive halving (approximate)" in (tmp_path / "c" / "report.md").read_text()

@@ -92,7 +92,7 @@ def evaluate(
         start = time.perf_counter()
         model = load_model(model, dtype=dtype, device=str(Ranks.device_of_process(resolve_device(device))))
         timings["load_s"] = time.perf_counter() - start
-    ranks = Ranks.from_environment(model.device)  # under torchrun, the windows divide over the processes
+    ranks = Ranks.from_environment(model.device)  # under torchrun, the windows and rows divide over the processes
     results: dict[str, Any] = {}
     for spec in ppl:
         start = time.perf_counter()
@@ -111,7 +111,7 @@ def evaluate(
     for name, data in task_data.items():
         start = time.perf_counter()
         batching = "lm-eval HFLM" if scorer else "choices of one row together; shared context once"
-        task_results[name] = {**run_task(model.model, model.tokenizer, data, progress, log_samples, scorer),
+        task_results[name] = {**run_task(model.model, model.tokenizer, data, progress, log_samples, scorer, ranks),
                               "protocol": {**data.protocol, "batching": batching, "backend": s.backend}}
         timings[f"task_{name}_s"] = time.perf_counter() - start
     result: dict[str, Any] = {

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..compat import cache_keyword, output_cache
 from .metrics import CHOICE_METRICS, Choices, rouge_scores
 from .tasks import MEQSUM_MAX_NEW_TOKENS, Item
+from ..distributed import Ranks
 from ..resources import device_of
 
 
@@ -116,24 +117,32 @@ def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new
 
 
 def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True,
-             log: list[dict] | None = None, scorer=None) -> dict[str, Any]:
+             log: list[dict] | None = None, scorer=None, ranks: Ranks = Ranks()) -> dict[str, Any]:
     """Score every item of a task; the task's metrics with standard errors (and per-item logs).
 
-    ``scorer`` replaces :func:`loglikelihoods` (e.g. the lm-evaluation-harness bridge).
+    ``scorer`` replaces :func:`loglikelihoods` (e.g. the lm-evaluation-harness bridge). With several
+    processes (``ranks``), each scores its share of the rows and every process gets every row's
+    outcome, in row order, so the metrics are those of one process.
     """
     task = data.task
     model.eval()
+    ranks.check_enough(len(data.items), f"rows of {task.name}")
+    mine = ranks.share(data.items)
+    rows = tqdm([item for _, item in mine], desc=task.name, unit="row", disable=not progress or not ranks.main, leave=False)
     if task.kind == "generation":
-        preds = []
-        for item in tqdm(data.items, desc=task.name, unit="row", disable=not progress, leave=False):
-            preds.append(generate_greedy(model, tokenizer, item.contexts[0], MEQSUM_MAX_NEW_TOKENS))
-            if log is not None:
-                log.append({"task": task.name, "id": item.id, "prediction": preds[-1], "reference": item.reference})
+        preds = ranks.merge({i: generate_greedy(model, tokenizer, item.contexts[0], MEQSUM_MAX_NEW_TOKENS)
+                             for (i, _), item in zip(mine, rows)})
+        if log is not None:
+            log.extend({"task": task.name, "id": item.id, "prediction": pred, "reference": item.reference}
+                       for item, pred in zip(data.items, preds))
         return {"metrics": rouge_scores(preds, [i.reference for i in data.items]), "n": len(preds)}
+    if hasattr(scorer, "score_all"):  # the harness batches the rows itself
+        scores = scorer.score_all(list(rows))
+    else:
+        scores = [(scorer or loglikelihoods)(model, tokenizer, item) for item in rows]
+    all_lls = ranks.merge({i: lls for (i, _), lls in zip(mine, scores)})
     golds, preds, preds_norm, acc, acc_norm = [], [], [], [], []
-    batched = iter(scorer.score_all(data.items)) if hasattr(scorer, "score_all") else None
-    for item in tqdm(data.items, desc=task.name, unit="row", disable=not progress, leave=False):
-        lls = next(batched) if batched is not None else (scorer or loglikelihoods)(model, tokenizer, item)
+    for item, lls in zip(data.items, all_lls):
         pred = max(range(len(lls)), key=lambda i: lls[i])
         normed = [ll / len(choice) for ll, choice in zip(lls, item.choices)]
         pred_norm = max(range(len(normed)), key=lambda i: normed[i])
@@ -150,4 +159,3 @@ def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True
     # How often each choice was picked: shows a model that collapsed onto one answer (e.g. always "yes").
     predicted = [preds.count(i) for i in range(max(len(item.choices) for item in data.items))]
     return {"metrics": metrics, "n": len(acc), "predicted": predicted}
-

@@ -77,7 +77,7 @@ def render_structured(report: dict[str, Any]) -> str:
         "",
         f"Removed {removed_summary(report['removed_blocks'])}: {report['dense_params']:,} -> "
         f"{report['pruned_params']:,} parameters (ratio {100 * report['ratio']:.2f}%, all parameters counted).",
-        f"Score: {report['score']}.",
+        f"Score: {report['score']}." + (f" Search: {report['search']}." if report.get("search") else ""),
         "",
         "| step | removed | ratio % | calibration PPL |",
         "|---:|---|---:|---:|",
@@ -165,6 +165,8 @@ def search_cost_table(report: dict[str, Any]) -> list[str]:
         lines.append(f"| lower bounds (partial LM head) | {cost['bound_window_evals']:,} | 0 |")
     lines.append(f"| candidates completed / abandoned early | {cost.get('completed', 0):,} / {cost.get('abandoned', 0):,} | "
                  f"{cost.get('completed', 0) + cost.get('abandoned', 0):,} / 0 |")
+    if cost.get("eliminated"):
+        lines.append(f"| candidates eliminated on part of the windows (approximate) | {cost['eliminated']:,} | 0 |")
     return lines
 
 

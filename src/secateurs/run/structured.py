@@ -55,6 +55,7 @@ def run_structured(spec: RunSpec) -> PruneResult:
     report = run.report(
         "structured",
         score=selection.score_name,
+        search=selection.search,
         dense_params=dense_params,
         pruned_params=dense_params - sum(adapter.block_num_params(b) for b in removed),
         ratio=selection.steps[-1].ratio,

@@ -29,6 +29,7 @@ from ..plan import CPU_RUNTIME_BYTES, GIB, PREFIX_CACHE, RunShape, make_plan, pa
 from ..resources import device_of
 from .search import (
     Cost,
+    Halving,
     combined_cost,
     SearchStep,
     Unit,
@@ -72,11 +73,31 @@ class StructuredOptions:
         getattr(super(), "__post_init__", lambda: None)()  # the mixins' checks (offload, memory budget)
 
 
+SEARCHES = ("exact", "halving")
+
+
 @dataclass
 class SearchOptions(StructuredOptions, BudgetOption):
     """Methods that score variants of the model on calibration data."""
 
     naive: bool = option(False, "reference search: a full forward per candidate")
+    search: str = option("exact", "exact: the blocks of the reference search; halving: approximate and faster, "
+                         "successive halving over the windows (named in the report)", choices=SEARCHES)
+    halving_windows: int = option(4, "--search halving: windows every candidate is scored on in the first round")
+    halving_keep: float = option(0.5, "--search halving: the fraction of candidates kept after each round")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.search not in SEARCHES:
+            raise SecateursError(f"unknown --search '{self.search}'; choose exact or halving")
+        if self.halving_windows < 1:
+            raise SecateursError(f"--halving-windows must be at least 1, got {self.halving_windows}")
+        if not 0 < self.halving_keep < 1:
+            raise SecateursError(f"--halving-keep must be in (0, 1), got {self.halving_keep}")
+
+    @property
+    def halving(self) -> Halving | None:
+        return Halving(self.halving_windows, self.halving_keep) if self.search == "halving" else None
 
 
 def prefix_cache_layers(adapter: ModelAdapter, windows: TokenWindows, options: SearchOptions) -> int | None:
@@ -122,6 +143,7 @@ class Selection:
     score_name: str
     steps_score_calibration_nll: bool = False  # step.score is the mean NLL of that step's removal set
     recipe: dict[str, Any] = field(default_factory=dict)  # a saved search's recipe, when re-applied
+    search: str = "exact"  # how the candidates were compared: exact, or the approximation used
 
 
 class StructuredMethod:
@@ -153,6 +175,10 @@ class StructuredMethod:
         raise NotImplementedError
 
 
+def _search_name(options: SearchOptions) -> str:
+    return options.halving.describe() if options.halving else "exact" + (" (naive)" if options.naive else "")
+
+
 class GreedyPPL(StructuredMethod):
     """BlockPruner: greedy iterative removal of the MHA/MLP block with the lowest calibration PPL."""
 
@@ -162,9 +188,9 @@ class GreedyPPL(StructuredMethod):
         units = self.units(adapter, options)
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
                                      keep_layers=prefix_cache_layers(adapter, windows, options))
-        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving)
         return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
-                         steps_score_calibration_nll=True)
+                         steps_score_calibration_nll=True, search=_search_name(options))
 
 
 class LayerSearch(GreedyPPL):
@@ -182,6 +208,12 @@ class OneShotPPL(StructuredMethod):
     name = "one-shot-ppl"
 
     score_name = "calibration mean NLL with the unit alone removed from the dense model"
+
+    def check(self, adapter, options):
+        super().check(adapter, options)
+        if options.search != "exact":
+            raise SecateursError("--search halving is for the greedy searches: one-shot-ppl ranks every unit "
+                                 "on every window")
 
     def select(self, adapter, windows, options, progress=True):
         units = self.units(adapter, options)
@@ -225,8 +257,9 @@ class FinerCut(StructuredMethod):
             ]
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, loss=_js_loss(reference),
                                      fast=not options.naive, keep_layers=prefix_cache_layers(adapter, windows, options))
-        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress)
-        return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving)
+        return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
+                         search=_search_name(options))
 
 
 def _unit_boundaries(adapter: ModelAdapter, unit: Unit) -> tuple[Any, Any]:

@@ -13,6 +13,16 @@ NLL for perplexity; mean JS divergence from the dense model for FinerCut). Two e
 Both paths apply the same modules to the same tensors in the same order, so they give bit-identical
 totals and pick the same blocks; the tests check this on tiny models and on SmolLM2.
 
+Early abandon drops a candidate once its partial sum passes the best *complete* total, so it helps most
+when the windows where a candidate does worst come first: each candidate runs its batches of windows
+in the order of its predicted loss, highest first (its own losses in the previous step, else the
+current model's), while the totals are still summed in the canonical batch order, so the scores stay
+bit-identical to the naive path.
+
+Successive halving (``Halving``, opt-in and approximate) scores every candidate on the first few
+windows, keeps the best fraction, doubles the windows and repeats, then finishes the survivors exactly.
+A candidate that would have won can be eliminated early, so its choices may differ from the exact search.
+
 The prefix cache holds 2L + 1 streams per window. Under a memory budget (``keep_layers``) only the
 inputs of that many layers, evenly spaced, are kept (checkpoints), and a candidate runs from the
 nearest checkpoint at or before its first block: the layers in between are recomputed, on the same
@@ -81,6 +91,7 @@ class Cost:
     bound_window_evals: int = 0  # cheap lower bounds on a window's loss (see VocabularyBound)
     abandoned: int = 0
     completed: int = 0
+    eliminated: int = 0  # successive halving: candidates dropped on part of the windows (approximate)
     cached_streams_per_batch: int = 0  # the prefix cache's size: 2L + 1, or fewer under a memory budget
 
     def as_dict(self) -> dict[str, int]:
@@ -99,6 +110,7 @@ def combined_cost(ranks: Ranks, cost: Cost) -> dict[str, Any]:
 
 BOUND_TOP_K = 128  # tokens per position the current model ranks highest, kept in the bound's vocabulary
 BOUND_TOLERANCE = 1e-3  # per window, in nats: far above float32 rounding of a mean NLL (~1e-6)
+REORDERED_SUM_SLACK = 1e-9  # relative: a sum in another order than the canonical one may differ by rounding
 
 
 @dataclass
@@ -119,10 +131,10 @@ class VocabularyBound:
 
     @classmethod
     @torch.no_grad()
-    def from_current(cls, adapter: ModelAdapter, final_hidden: torch.Tensor, input_ids: torch.Tensor,
+    def from_current(cls, adapter: ModelAdapter, logits: torch.Tensor, input_ids: torch.Tensor,
                      top_k: int = BOUND_TOP_K) -> "VocabularyBound":
-        logits = adapter.logits(final_hidden)[:, :-1]
-        top = logits.topk(min(top_k, logits.shape[-1]), dim=-1).indices
+        """``logits``: the current model's on ``input_ids``."""
+        top = logits[:, :-1].topk(min(top_k, logits.shape[-1]), dim=-1).indices
         targets = input_ids[:, 1:]
         rows = torch.unique(torch.cat([top.flatten(), targets.flatten()]))
         return cls(adapter.head_rows(rows), torch.searchsorted(rows, targets.contiguous()))
@@ -134,8 +146,32 @@ class VocabularyBound:
         return nll.clamp_min(0).mean(dim=1).double().tolist()
 
 
+def canonical_sum(exact: dict[int, list[float]]) -> float:
+    """Per-window losses summed batch by batch, window by window: the naive path's order, so equal
+    losses give bit-identical totals however they were computed."""
+    total = 0.0
+    for b in sorted(exact):
+        for value in exact[b]:
+            total += value
+    return total
+
+
+@dataclass
+class Scored:
+    """A candidate's losses on the batches of windows it ran."""
+
+    exact: dict[int, list[float]] = field(default_factory=dict)  # batch -> loss of each of its windows
+    lower: dict[int, float] = field(default_factory=dict)  # batch -> lower bound of its summed loss
+    abandoned: bool = False  # it cannot win: stopped before its exact total
+    total: float | None = None  # over every window, in the canonical order; None unless all ran
+
+    def per_batch(self) -> dict[int, float]:
+        """Each batch's summed loss, exact or (where only that is known) its lower bound."""
+        return {**self.lower, **{b: sum(v) for b, v in self.exact.items()}}
+
+
 class VariantEvaluator:
-    """Totals of a per-window loss for pruned variants of ``adapter.model`` on fixed windows."""
+    """Losses of a per-window loss for pruned variants of ``adapter.model`` on fixed windows."""
 
     def __init__(
         self,
@@ -145,11 +181,15 @@ class VariantEvaluator:
         loss: WindowLoss = nll_loss,
         fast: bool = True,
         keep_layers: int | None = None,
+        order_windows: bool = True,
     ):
-        """``keep_layers``: layer inputs kept per batch in the prefix cache (None: every block's input)."""
+        """``keep_layers``: layer inputs kept per batch in the prefix cache (None: every block's input).
+        ``order_windows``: run each candidate's likely worst batches first (off: in the canonical order;
+        the scores are the same either way, only the work differs)."""
         self.adapter = adapter
         self.loss = loss
         self.fast = fast
+        self.order_windows = order_windows
         device = device_of(adapter.model)
         self.batches = [b.to(device) for b in windows.input_ids.split(batch_size)]
         self.n_windows = len(windows)
@@ -158,6 +198,7 @@ class VariantEvaluator:
         self._layer_kwargs: list[list[dict[str, Any]]] = []  # per batch, per layer: call kwargs
         self._captured_removed: set[Block] | None = None  # the removed blocks when the states were taken
         self._bounds: list[VocabularyBound] = []  # per batch, when the loss is the NLL
+        self._current: list[float] = []  # per batch: the current model's summed loss (predicts the order)
         self.use_bound = fast and loss is nll_loss
         layers = adapter.num_layers
         if keep_layers is None or keep_layers >= layers:
@@ -165,6 +206,13 @@ class VariantEvaluator:
         else:
             self.checkpoints = sorted({layers * j // max(1, keep_layers) for j in range(max(1, keep_layers))})
         self.cost.cached_streams_per_batch = (2 * layers if self.checkpoints is None else len(self.checkpoints)) + 1
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batches)
+
+    def windows_in(self, batches: Iterable[int]) -> int:
+        return sum(len(self.batches[b]) for b in batches)
 
     def _checkpoint(self, layer: int) -> int:
         """The nearest kept layer input at or before ``layer``."""
@@ -181,21 +229,9 @@ class VariantEvaluator:
         alive = sum(not self.adapter.is_removed(Block(k, index)) for k in ("mha", "mlp"))
         self.cost.block_window_evals += alive * windows
 
-    def _batch_loss(self, logits: torch.Tensor, ids: torch.Tensor, b: int) -> list[float]:
-        self.cost.head_window_evals += len(ids)
-        return self.loss(logits, ids, b).double().tolist()
-
-    # --- naive: a full forward per variant -------------------------------------------------------
-    @torch.no_grad()
-    def _total_naive(self) -> float:
-        total = 0.0
-        for b, ids in enumerate(self.batches):
-            for i in range(self.adapter.num_layers):
-                self._count_layer(i, len(ids))
-            logits = self.adapter.model(input_ids=ids, use_cache=False).logits
-            for value in self._batch_loss(logits, ids, b):
-                total += value
-        return total
+    def _batch_loss(self, logits: torch.Tensor, b: int) -> list[float]:
+        self.cost.head_window_evals += len(self.batches[b])
+        return self.loss(logits, self.batches[b], b).double().tolist()
 
     # --- fast: the prefix cache --------------------------------------------------------------------
     @torch.no_grad()
@@ -232,56 +268,121 @@ class VariantEvaluator:
         return run_layers(self.adapter, hidden, self._layer_kwargs[b], start,
                           before_layer=lambda i: self._count_layer(i, len(hidden)))
 
-    @torch.no_grad()
-    def _total_fast(self, unit: Unit, bound: float) -> float | None:
+    def _finals(self, unit: Unit, batches: Iterable[int]) -> Iterable[tuple[int, torch.Tensor]]:
+        """The last hidden state of each batch with ``unit`` skipped, from the prefix cache."""
         first = unit.first
         if self.checkpoints is None:
             start, key = (first.layer if first.kind == "mha" else first.layer + 1), first
         else:  # recompute from the nearest kept layer input (the skipped blocks of the unit included)
             start = self._checkpoint(first.layer)
             key = Block("mha", start)
-        total, lower, finals = 0.0, 0.0, []
-        for b, ids in enumerate(self.batches):
-            hidden = self._run_layers(b, start, self._states[b][key])
-            if self.use_bound:
-                finals.append(hidden)
-                if bound < math.inf:  # a certified lower bound at a fraction of the head's cost
-                    self.cost.bound_window_evals += len(ids)
-                    lower += sum(self._bounds[b].lower_bound(self.adapter, hidden))
-                    if lower > bound + BOUND_TOLERANCE * self.n_windows:
-                        self.cost.abandoned += 1
-                        return None
+        for b in batches:
+            yield b, self._run_layers(b, start, self._states[b][key])
+
+    @torch.no_grad()
+    def _score_naive(self, batches: list[int], known: dict[int, list[float]]) -> Scored:
+        """The reference: a full forward per batch, never abandoned."""
+        scored = Scored(exact=dict(known))
+        for b in batches:
+            for i in range(self.adapter.num_layers):
+                self._count_layer(i, len(self.batches[b]))
+            scored.exact[b] = self._batch_loss(self.adapter.model(input_ids=self.batches[b], use_cache=False).logits, b)
+        if len(scored.exact) == self.n_batches:
+            scored.total = canonical_sum(scored.exact)
+        return scored
+
+    @torch.no_grad()
+    def _score(self, unit: Unit, batches: list[int], bound: float, known: dict[int, list[float]]) -> Scored:
+        if not self.fast:
+            return self._score_naive(batches, known)
+        scored = Scored(exact=dict(known))
+        # Abandon as soon as what is known of the total (exact losses, or lower bounds) exceeds the bound.
+        # This partial sum is not in the canonical order: a margin covers its rounding.
+        partial, margin = sum(map(sum, known.values())), REORDERED_SUM_SLACK * abs(bound)
+        finals: dict[int, torch.Tensor] = {}
+        for b, hidden in self._finals(unit, batches):
+            if self.use_bound:  # the exact loss waits: first a certified lower bound at a fraction of the cost
+                finals[b] = hidden
+                if bound < math.inf:
+                    self.cost.bound_window_evals += len(hidden)
+                    scored.lower[b] = sum(self._bounds[b].lower_bound(self.adapter, hidden))
+                    partial += scored.lower[b]
+                    if partial > bound + BOUND_TOLERANCE * self.n_windows:
+                        break
             else:
-                for value in self._batch_loss(self.adapter.logits(hidden), ids, b):
-                    total += value
-                if total > bound:  # the loss is >= 0: this variant can no longer win
-                    self.cost.abandoned += 1
-                    return None
-        for b, hidden in enumerate(finals):  # the exact loss, summed in the same order as the naive path
-            for value in self._batch_loss(self.adapter.logits(hidden), self.batches[b], b):
-                total += value
-            if total > bound:
-                self.cost.abandoned += 1
-                return None
-        return total
+                scored.exact[b] = self._batch_loss(self.adapter.logits(hidden), b)
+                partial += sum(scored.exact[b])
+                if partial > bound + margin:
+                    break
+        else:
+            for b in sorted(finals):  # every batch passed its bound: now the exact losses
+                scored.exact[b] = self._batch_loss(self.adapter.logits(finals[b]), b)
+                scored.lower.pop(b, None)
+            if len(scored.exact) == self.n_batches:
+                scored.total = canonical_sum(scored.exact)
+                scored.abandoned = scored.total > bound  # the loss is >= 0: it could not have won
+            return scored
+        scored.abandoned = True
+        return scored
 
     # --- public ------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Call once per step, with the step's removed blocks skipped, before scoring candidates."""
-        if self.fast:
-            self.capture()
-        if self.use_bound:
-            self._bounds = [VocabularyBound.from_current(self.adapter, s[FINAL], ids)
-                            for s, ids in zip(self._states, self.batches)]
-            self.cost.head_window_evals += self.n_windows
+        if not self.fast:
+            return
+        self.capture()
+        self._bounds, self._current = [], []
+        for b, states in enumerate(self._states):
+            logits = self.adapter.logits(states[FINAL])
+            self._current.append(sum(self._batch_loss(logits, b)))
+            if self.use_bound:
+                self._bounds.append(VocabularyBound.from_current(self.adapter, logits, self.batches[b]))
+
+    def order(self, batches: Iterable[int], predicted: dict[int, float] | None = None) -> list[int]:
+        """``batches`` with the highest predicted loss first (ties, and the naive path: canonical order).
+
+        ``predicted``: the candidate's own summed loss per batch (the previous step's); the current
+        model's loss stands in where it is missing.
+        """
+        batches = sorted(batches)
+        if not (self.fast and self.order_windows and self._current):
+            return batches
+        guess = {b: (predicted or {}).get(b, self._current[b]) for b in batches}
+        return sorted(batches, key=lambda b: (-guess[b], b))
+
+    def score(self, unit: Unit, batches: Iterable[int] | None = None, bound: float = math.inf,
+              known: dict[int, list[float]] | None = None, predicted: dict[int, float] | None = None) -> Scored:
+        """``unit`` also skipped: its losses on ``batches`` (default: all) and, once every batch is known,
+        its total. Abandoned as soon as the total is certain to exceed ``bound``.
+
+        ``known``: per-window losses of other batches, already computed (successive halving).
+        """
+        batches = self.order(range(self.n_batches) if batches is None else batches, predicted)
+        with self.adapter.skipped(unit.blocks):
+            scored = self._score(unit, batches, bound, known or {})
+        if scored.abandoned:
+            self.cost.abandoned += 1
+        elif scored.total is not None:
+            self.cost.completed += 1
+        return scored
 
     def total(self, unit: Unit, bound: float = math.inf) -> float | None:
         """Total loss with ``unit`` also skipped; None if abandoned (its total exceeded ``bound``)."""
-        with self.adapter.skipped(unit.blocks):
-            result = self._total_fast(unit, bound) if self.fast else self._total_naive()
-        if result is not None:
-            self.cost.completed += 1
-        return result
+        scored = self.score(unit, bound=bound)
+        return None if scored.abandoned else scored.total
+
+
+@dataclass(frozen=True)
+class Halving:
+    """Successive halving over windows (approximate): score every candidate on ``first_windows``
+    windows, keep the best ``keep`` fraction, double the windows, repeat; finish the survivors exactly."""
+
+    first_windows: int = 4
+    keep: float = 0.5
+
+    def describe(self) -> str:
+        return (f"successive halving (approximate): every candidate scored on {self.first_windows} windows, "
+                f"the best {self.keep:g} kept, windows doubled each round, the survivors finished exactly")
 
 
 @dataclass
@@ -293,8 +394,10 @@ class SearchStep:
     removed: list[str]  # all removed blocks after this step, sorted (MHA first, by layer)
     score: float  # mean per-window loss of the chosen variant
     ratio: float
-    candidates: dict[str, float | None] = field(default_factory=dict)  # mean loss; None = abandoned
+    candidates: dict[str, float | None] = field(default_factory=dict)  # mean loss; None = abandoned / eliminated
     seconds: float = 0.0
+    screened: dict[str, float] = field(default_factory=dict)  # halving: eliminated -> mean loss on its windows
+    block_window_evals: int = 0  # the work of this step (this process's)
 
 
 def removal_ratio(adapter: ModelAdapter, blocks: Iterable[Block], dense_params: int) -> float:
@@ -311,6 +414,62 @@ def _candidates_to_score(units: list[Unit], steps: int) -> int:
     return sum(len(units) - s for s in range(min(steps, len(units))))
 
 
+def _gathered(ranks: Ranks, mine: dict[int, Scored]) -> dict[int, Scored]:
+    """Every rank's scored candidates, on every rank."""
+    merged: dict[int, Scored] = {}
+    for share in ranks.gather(mine):
+        merged.update(share)
+    return merged
+
+
+class _Step:
+    """One greedy step's scoring: the candidates in order, the best so far, progress."""
+
+    def __init__(self, evaluator: VariantEvaluator, candidates: list[Unit], ranks: Ranks, on_scored: Callable):
+        self.evaluator, self.candidates, self.ranks, self.on_scored = evaluator, candidates, ranks, on_scored
+        self.scored: dict[int, Scored] = {}
+        self.screened: dict[int, float] = {}
+
+    def finish(self, order: list[int], batches: range, known: dict[int, dict[int, list[float]]],
+               previous: dict[str, Scored]) -> None:
+        """Score the candidates ``order`` exactly on ``batches`` (each rank its share), in that order: the
+        best so far bounds the rest. Every rank then holds every candidate's result."""
+        best_total, best_index = math.inf, -1
+        mine: dict[int, Scored] = {}
+        for _, i in self.ranks.share(order):
+            before = previous.get(self.candidates[i].name)
+            scored = self.evaluator.score(self.candidates[i], batches, best_total, known.get(i),
+                                          before.per_batch() if before else None)
+            mine[i] = scored
+            if not scored.abandoned and (scored.total < best_total or (scored.total == best_total and i < best_index)):
+                best_total, best_index = scored.total, i
+            self.on_scored(1, self.candidates[best_index].name if best_index >= 0 else None, best_total)
+        self.scored.update(_gathered(self.ranks, mine))
+        self.on_scored(len(order) - len(mine), None, None)
+
+    def halve(self, halving: Halving, order: list[int]) -> tuple[list[int], range, dict[int, dict[int, list[float]]]]:
+        """Successive halving: the survivors (best first), the batches they still need, their known losses."""
+        evaluator, n = self.evaluator, self.evaluator.n_batches
+        size = len(evaluator.batches[0])
+        alive, known = list(order), {i: {} for i in order}
+        done, upto = 0, min(n, math.ceil(halving.first_windows / size))
+        while len(alive) > 1 and upto < n:
+            mine = {i: evaluator.score(self.candidates[i], range(done, upto), known=known[i])
+                    for _, i in self.ranks.share(alive)}
+            for i, scored in _gathered(self.ranks, mine).items():
+                known[i] = scored.exact
+            partial = {i: canonical_sum(known[i]) for i in alive}
+            ranked = sorted(alive, key=lambda i: (partial[i], i))
+            keep = max(1, math.ceil(len(alive) * halving.keep))
+            windows = evaluator.windows_in(range(upto))
+            for i in ranked[keep:]:
+                self.screened[i] = partial[i] / windows
+            evaluator.cost.eliminated += len(ranked) - keep if self.ranks.main else 0
+            self.on_scored(len(ranked) - keep, None, None)
+            alive, done, upto = ranked[:keep], upto, min(n, 2 * upto)
+        return alive, range(done, n), known
+
+
 def greedy_search(
     adapter: ModelAdapter,
     units: list[Unit],
@@ -318,45 +477,47 @@ def greedy_search(
     max_steps: int | None = None,
     target_ratio: float | None = None,
     progress: bool = True,
+    halving: Halving | None = None,
 ) -> list[SearchStep]:
-    """Iteratively remove the unit whose removal gives the lowest total; ties go to the earlier unit."""
+    """Iteratively remove the unit whose removal gives the lowest total; ties go to the earlier unit.
+
+    Exact unless ``halving`` is given (then the survivors of successive halving compete exactly).
+    """
     dense = adapter.total_num_params()
     removed: list[Block] = []
     steps: list[SearchStep] = []
-    previous: dict[str, float] = {}
+    previous: dict[str, Scored] = {}
     total_steps = max_steps or len(units)
     # Progress counts candidates (each step scores every unit not yet removed), so the ETA is honest.
     bar = tqdm(total=_candidates_to_score(units, total_steps), desc="search", unit="cand", disable=not progress)
+
+    def on_scored(count: int, best: str | None, best_total: float | None) -> None:
+        bar.update(count)
+        if best is not None:
+            bar.set_postfix_str(f"step {len(steps) + 1}/{total_steps}, best {best} "
+                                f"ppl {math.exp(best_total / evaluator.n_windows):.3f}")
+
     try:
         while True:
             candidates = [u for u in units if not set(u.blocks) & set(removed)]
             if not candidates:
                 break
-            start = time.perf_counter()
+            start, work = time.perf_counter(), evaluator.cost.block_window_evals
             # Score the previous step's best first: a low bound early lets the rest be abandoned. Without
             # a previous score, deepest first: their suffixes are the cheapest way to a first bound.
             order = sorted(range(len(candidates)), key=lambda i: (
-                previous.get(candidates[i].name, math.inf), tuple(-p for p in forward_position(candidates[i].first)), i))
-            best_total, best_index = math.inf, -1
-            totals: dict[str, float | None] = {}
-            mine = [i for _, i in adapter.ranks.share(order)]  # several processes: each scores its share
+                (s.total if (s := previous.get(candidates[i].name)) and s.total is not None else math.inf),
+                tuple(-p for p in forward_position(candidates[i].first)), i))
+            step = _Step(evaluator, candidates, adapter.ranks, on_scored)
             with adapter.skipped(removed):
                 evaluator.prepare()
-                for i in mine:
-                    total = evaluator.total(candidates[i], bound=best_total)
-                    totals[candidates[i].name] = total
-                    if total is not None and (total < best_total or (total == best_total and i < best_index)):
-                        best_total, best_index = total, i
-                    bar.update(1)
-                    if best_index >= 0:
-                        bar.set_postfix_str(f"step {len(steps) + 1}/{total_steps}, best {candidates[best_index].name} "
-                                            f"ppl {math.exp(best_total / evaluator.n_windows):.3f}")
-            if adapter.ranks.world > 1:  # every rank sees every total and makes the same decision
-                for share in adapter.ranks.gather(totals):
-                    totals.update(share)
-                bar.update(len(candidates) - len(mine))
-                best_total, best_index = min((t, i) for i, c in enumerate(candidates)
-                                             if (t := totals[c.name]) is not None)
+                if halving is None:
+                    step.finish(order, range(evaluator.n_batches), {}, previous)
+                else:
+                    survivors, rest, known = step.halve(halving, order)
+                    step.finish(survivors, rest, known, previous)
+            finished = {i: s.total for i, s in step.scored.items() if not s.abandoned and s.total is not None}
+            best_total, best_index = min((t, i) for i, t in finished.items())
             chosen = candidates[best_index]
             removed.extend(chosen.blocks)
             ratio = removal_ratio(adapter, removed, dense)
@@ -366,10 +527,13 @@ def greedy_search(
                 removed=[b.name for b in sorted(removed)],
                 score=best_total / evaluator.n_windows,
                 ratio=ratio,
-                candidates={k: (None if v is None else v / evaluator.n_windows) for k, v in totals.items()},
+                candidates={c.name: (None if (t := finished.get(i)) is None else t / evaluator.n_windows)
+                            for i, c in enumerate(candidates)},
                 seconds=time.perf_counter() - start,
+                screened={candidates[i].name: v for i, v in step.screened.items()},
+                block_window_evals=evaluator.cost.block_window_evals - work,
             ))
-            previous = {k: v for k, v in totals.items() if v is not None}
+            previous = {candidates[i].name: s for i, s in step.scored.items()}
             if _stop_reached(len(steps), ratio, max_steps, target_ratio):
                 break
     finally:
