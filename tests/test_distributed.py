@@ -32,7 +32,8 @@ def _weights(directory):
     return tensors
 
 
-@pytest.mark.parametrize("method,extra", [("blockpruner", ["--blocks", "3"]),
+@pytest.mark.parametrize("method,extra", [("blockpruner", ["--blocks", "3", "--divide", "candidates"]),
+                                          ("blockpruner", ["--blocks", "3", "--divide", "windows"]),
                                           ("blockpruner", ["--blocks", "2", "--search", "halving", "--halving-windows", "2"]),
                                           ("shortgpt", ["--blocks", "1", "--unit", "block"])])
 def test_two_processes_choose_the_blocks_of_one(method, extra, tiny_model_dir, data_dir, tmp_path):
@@ -52,7 +53,11 @@ def test_two_processes_choose_the_blocks_of_one(method, extra, tiny_model_dir, d
     if "halving" in extra:  # the same eliminations and finalists, whichever process scored them
         assert (two["search_cost"]["eliminated"], two["search_cost"]["completed"] + two["search_cost"]["abandoned"]) == \
             (one["search_cost"]["eliminated"], one["search_cost"]["completed"] + one["search_cost"]["abandoned"]) != (0, 0)
-    elif method != "shortgpt":
+    if "windows" in extra:  # every process scored every candidate on its half of the batches
+        assert "batches of windows dealt over 2 processes" in two["search"]
+        assert all(p["block_window_evals"] < one["search_cost"]["block_window_evals"] for p in per_process)
+    elif "candidates" in extra:
+        assert "candidates dealt over 2 processes" in two["search"]
         assert len(per_process) == 2 and all(p["completed"] > 0 for p in per_process)  # both did part of the work
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "tiny-llama", "two"]  # nothing else written
     assert run.stdout.count("(in this order)") == 1  # rank 0 alone prints

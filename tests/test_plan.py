@@ -118,6 +118,22 @@ def test_the_cost_model_of_the_search_on_several_processes(capsys):
     assert search_speedup(32, 8, 1) == 1.0
     assert 6.0 < search_speedup(32, 8, 8) < 8  # Llama-2-7B, 8 steps, 8 GPUs: every rank also captures
     assert search_speedup(32, 8, 2) < search_speedup(32, 8, 4) < search_speedup(32, 8, 8)
+    # 64 windows in batches of 4: 16 batches, 2 per GPU, so the windows divide (the prefix cache too)
     assert main(["plan", str(CONFIGS / "llama-2-7b.json"), "--method", "blockpruner", "--gpus", "8", "--tflops", "300"]) == 0
     out = capsys.readouterr().out
-    assert "on 8 GPUs (torchrun)" in out and "6.2x by the cost model" in out
+    assert "on 8 GPUs (torchrun)" in out and "8.0x by the cost model (the batches of windows are dealt" in out
+    # 16 windows of 2048 tokens in batches of 4 (the paper's calibration): 4 batches, so the candidates divide
+    assert main(["plan", str(CONFIGS / "llama-2-7b.json"), "--method", "blockpruner", "--gpus", "8", "--tflops", "300",
+                 "--windows", "16", "--seqlen", "2048"]) == 0
+    out = capsys.readouterr().out
+    assert "6.2x by the cost model (the candidates of each step are dealt" in out
+
+
+def test_the_search_divides_windows_when_every_process_gets_a_batch():
+    from secateurs.plan import choose_division, search_speedup
+    assert search_speedup(32, 8, 8, "windows", batches=16) == 8.0  # every pass divides evenly
+    assert search_speedup(32, 8, 8, "windows", batches=9) == 9 / 2  # the slowest process has 2 of 9 batches
+    assert choose_division(32, 8, 8, batches=16) == "windows"
+    assert choose_division(32, 8, 8, batches=9) == "candidates"  # 4.5x < the candidates' ~6.2x
+    assert choose_division(32, 8, 8, batches=4) == "candidates"  # fewer batches than processes
+    assert choose_division(32, 8, 1, batches=16) == "candidates"

@@ -196,25 +196,46 @@ def make_plan(config: Any, shape: RunShape) -> Plan:
     return Plan(params, targets, parts, passes, float(flops), notes, offloaded, layers)
 
 
-CAPTURE_PASSES = 1.0  # a search step's prefix-cache capture: one forward pass, done by every process
+CAPTURE_PASSES = 1.0  # a search step's prefix-cache capture: one forward pass over the windows
 SUFFIX_PASSES = 0.5  # a candidate runs the layers after its first block: half a forward pass on average
+DIVISIONS = ("candidates", "windows")
 
 
-def search_speedup(layers: int, steps: int, world: int) -> float:
-    """The greedy block search's speed-up on ``world`` processes by the cost model: per step, every process
-    captures the prefix cache and scores its share of the 2L - step candidates (no early abandon)."""
+def search_speedup(layers: int, steps: int, world: int, divide: str = "candidates", batches: int | None = None) -> float:
+    """The greedy block search's speed-up on ``world`` processes by the cost model (no early abandon, no
+    communication). Per step the current model is captured, then 2L - step candidates are scored.
+
+    ``candidates``: each process captures every window and scores its share of the candidates.
+    ``windows``: each process holds its share of the ``batches`` of windows (capture and candidates alike),
+    so the work divides but the slowest process has ceil(batches / world) of them.
+    """
     one = many = 0.0
     for step in range(steps):
         candidates = 2 * layers - step
         one += CAPTURE_PASSES + candidates * SUFFIX_PASSES
-        many += CAPTURE_PASSES + math.ceil(candidates / world) * SUFFIX_PASSES
+        if divide == "windows":
+            many += (CAPTURE_PASSES + candidates * SUFFIX_PASSES) * math.ceil(batches / world) / batches
+        else:
+            many += CAPTURE_PASSES + math.ceil(candidates / world) * SUFFIX_PASSES
     return one / many
+
+
+def choose_division(layers: int, steps: int, world: int, batches: int) -> str:
+    """What the block search divides over ``world`` processes: the windows when every process gets a batch
+    of them and the cost model says it is at least as fast (it also divides the prefix cache's memory),
+    else the candidates."""
+    if world <= 1 or batches < world:
+        return "candidates"
+    by = {d: search_speedup(layers, max(1, steps), world, d, batches) for d in DIVISIONS}
+    return "windows" if by["windows"] >= by["candidates"] else "candidates"
 
 
 def parallel_speedup(plan: Plan, shape: RunShape, world: int) -> float:
     """The speed-up of a run on ``world`` processes: the search's cost model, or the windows dealt evenly."""
     if shape.method in STRUCTURED:
-        return search_speedup(plan.layers, shape.blocks, world)
+        batches = math.ceil(shape.windows / shape.batch_size)
+        divide = choose_division(plan.layers, shape.blocks, world, batches)
+        return search_speedup(plan.layers, shape.blocks, world, divide, batches)
     return float(min(world, shape.windows))
 
 
@@ -239,6 +260,12 @@ def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.1f} s"
     return f"{seconds / 60:,.1f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+
+
+def _search_division_text(plan: Plan, shape: RunShape, world: int) -> str:
+    if choose_division(plan.layers, shape.blocks, world, math.ceil(shape.windows / shape.batch_size)) == "windows":
+        return "the batches of windows are dealt over the processes, each with its share of the prefix cache)"
+    return "the candidates of each step are dealt over the processes; each captures the prefix cache itself)"
 
 
 def render(plan: Plan, model: str, shape: RunShape, gpus: int = 0, gpu_memory: int | None = None,
@@ -274,8 +301,7 @@ def render(plan: Plan, model: str, shape: RunShape, gpus: int = 0, gpu_memory: i
         if gpus > 1:
             speedup = parallel_speedup(plan, shape, gpus)
             lines.append(f"  on {gpus} GPUs (torchrun): about {_duration(seconds / speedup)}, {speedup:.1f}x by the cost "
-                         "model (" + ("the candidates of each step are dealt over the processes; each captures the "
-                                      "prefix cache itself)" if shape.method in STRUCTURED else
+                         "model (" + (_search_division_text(plan, shape, gpus) if shape.method in STRUCTURED else
                                       "the calibration windows are dealt over the processes)"))
     lines += [f"note: {n}" for n in plan.notes]
     lines.append(f"note: on the CPU the process itself holds about {CPU_RUNTIME_BYTES / GIB:.1f} GiB more (Python, "

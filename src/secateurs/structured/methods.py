@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..distributed import Ranks
 from ..models.adapter import Block, ModelAdapter
 from ..data import TokenWindows
 from ..errors import SecateursError
 from ..models.capture import FINAL, Recorder, capture_layer_inputs, next_layer
 from ..offload import ActivationCache, BudgetOption, OffloadOptions
 from ..options import option
-from ..plan import CPU_RUNTIME_BYTES, GIB, PREFIX_CACHE, RunShape, make_plan, parse_bytes
+from ..plan import CPU_RUNTIME_BYTES, GIB, PREFIX_CACHE, RunShape, choose_division, make_plan, parse_bytes
 from ..resources import device_of
 from .search import (
     Cost,
@@ -74,6 +76,7 @@ class StructuredOptions:
 
 
 SEARCHES = ("exact", "halving")
+DIVIDE = ("auto", "candidates", "windows")
 
 
 @dataclass
@@ -85,6 +88,8 @@ class SearchOptions(StructuredOptions, BudgetOption):
                          "successive halving over the windows (named in the report)", choices=SEARCHES)
     halving_windows: int = option(4, "--search halving: windows every candidate is scored on in the first round")
     halving_keep: float = option(0.5, "--search halving: the fraction of candidates kept after each round")
+    divide: str = option("auto", "several processes (torchrun): deal the candidates or the batches of windows over "
+                         "them (auto: the cost model's choice)", choices=DIVIDE)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,6 +99,8 @@ class SearchOptions(StructuredOptions, BudgetOption):
             raise SecateursError(f"--halving-windows must be at least 1, got {self.halving_windows}")
         if not 0 < self.halving_keep < 1:
             raise SecateursError(f"--halving-keep must be in (0, 1), got {self.halving_keep}")
+        if self.divide not in DIVIDE:
+            raise SecateursError(f"unknown --divide '{self.divide}'; choose auto, candidates or windows")
 
     @property
     def halving(self) -> Halving | None:
@@ -162,9 +169,12 @@ class StructuredMethod:
 
     def check(self, adapter: ModelAdapter, options: StructuredOptions) -> None:
         """Fail now, before any calibration, if ``options`` cannot be met on this model."""
-        if options.from_report is not None or options.blocks is None:
-            return  # a saved search, or a ratio: nothing to check against the candidates
+        if options.from_report is not None:
+            return  # a saved search: nothing to check against the candidates
         units = self.units(adapter, options)
+        adapter.ranks.check_enough(len(units), "candidate units")
+        if options.blocks is None:
+            return  # a ratio
         if options.blocks > len(units):
             raise SecateursError(f"--blocks {options.blocks} is more than the {len(units)} candidate units")
         if options.blocks * max(len(u.blocks) for u in units) >= 2 * adapter.num_layers:
@@ -175,8 +185,28 @@ class StructuredMethod:
         raise NotImplementedError
 
 
-def _search_name(options: SearchOptions) -> str:
-    return options.halving.describe() if options.halving else "exact" + (" (naive)" if options.naive else "")
+def windows_divided(adapter: ModelAdapter, windows: TokenWindows, options: SearchOptions) -> Ranks | None:
+    """The processes a greedy search deals its batches of windows over; None: it deals the candidates
+    (or runs in one process). ``--divide auto`` follows the cost model (`plan.choose_division`)."""
+    ranks = adapter.ranks
+    if ranks.world == 1:
+        return None
+    batches = math.ceil(len(windows) / options.batch_size)
+    divide = options.divide
+    if divide == "auto":
+        divide = choose_division(adapter.num_layers, options.blocks or adapter.num_layers, ranks.world, batches)
+    if divide == "candidates":
+        return None
+    ranks.check_enough(batches, "batches of calibration windows")
+    return ranks
+
+
+def _search_name(options: SearchOptions, evaluator: VariantEvaluator) -> str:
+    name = options.halving.describe() if options.halving else "exact" + (" (naive)" if options.naive else "")
+    if evaluator.adapter.ranks.world > 1:
+        what = "batches of windows" if evaluator.divided else "candidates"
+        name += f"; its {what} dealt over {evaluator.adapter.ranks.world} processes"
+    return name
 
 
 class GreedyPPL(StructuredMethod):
@@ -187,10 +217,11 @@ class GreedyPPL(StructuredMethod):
     def select(self, adapter, windows, options, progress=True):
         units = self.units(adapter, options)
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
-                                     keep_layers=prefix_cache_layers(adapter, windows, options))
+                                     keep_layers=prefix_cache_layers(adapter, windows, options),
+                                     divided_over=windows_divided(adapter, windows, options))
         steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving)
         return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
-                         steps_score_calibration_nll=True, search=_search_name(options))
+                         steps_score_calibration_nll=True, search=_search_name(options, evaluator))
 
 
 class LayerSearch(GreedyPPL):
@@ -214,6 +245,8 @@ class OneShotPPL(StructuredMethod):
         if options.search != "exact":
             raise SecateursError("--search halving is for the greedy searches: one-shot-ppl ranks every unit "
                                  "on every window")
+        if options.divide == "windows":
+            raise SecateursError("--divide windows is for the greedy searches: one-shot-ppl deals its candidates")
 
     def select(self, adapter, windows, options, progress=True):
         units = self.units(adapter, options)
@@ -256,10 +289,11 @@ class FinerCut(StructuredMethod):
                 for b in windows.input_ids.split(options.batch_size)
             ]
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, loss=_js_loss(reference),
-                                     fast=not options.naive, keep_layers=prefix_cache_layers(adapter, windows, options))
+                                     fast=not options.naive, keep_layers=prefix_cache_layers(adapter, windows, options),
+                                     divided_over=windows_divided(adapter, windows, options))
         steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving)
         return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
-                         search=_search_name(options))
+                         search=_search_name(options, evaluator))
 
 
 def _unit_boundaries(adapter: ModelAdapter, unit: Unit) -> tuple[Any, Any]:

@@ -182,10 +182,13 @@ class VariantEvaluator:
         fast: bool = True,
         keep_layers: int | None = None,
         order_windows: bool = True,
+        divided_over: Ranks | None = None,
     ):
         """``keep_layers``: layer inputs kept per batch in the prefix cache (None: every block's input).
         ``order_windows``: run each candidate's likely worst batches first (off: in the canonical order;
-        the scores are the same either way, only the work differs)."""
+        the scores are the same either way, only the work differs).
+        ``divided_over``: the batches of windows are dealt over these processes; this one captures and
+        scores only its own (``mine``)."""
         self.adapter = adapter
         self.loss = loss
         self.fast = fast
@@ -193,12 +196,14 @@ class VariantEvaluator:
         device = device_of(adapter.model)
         self.batches = [b.to(device) for b in windows.input_ids.split(batch_size)]
         self.n_windows = len(windows)
+        self.divided = divided_over is not None and divided_over.world > 1
+        self.mine = [b for b, _ in (divided_over or Ranks()).share(range(len(self.batches)))]
         self.cost = Cost()
         self._states: list[dict[Any, torch.Tensor]] = []  # per batch: block (or FINAL) -> entering stream
         self._layer_kwargs: list[list[dict[str, Any]]] = []  # per batch, per layer: call kwargs
         self._captured_removed: set[Block] | None = None  # the removed blocks when the states were taken
-        self._bounds: list[VocabularyBound] = []  # per batch, when the loss is the NLL
-        self._current: list[float] = []  # per batch: the current model's summed loss (predicts the order)
+        self._bounds: dict[int, VocabularyBound] = {}  # per batch, when the loss is the NLL
+        self._current: dict[int, float] = {}  # per batch: the current model's summed loss (predicts the order)
         self.use_bound = fast and loss is nll_loss
         layers = adapter.num_layers
         if keep_layers is None or keep_layers >= layers:
@@ -248,7 +253,8 @@ class VariantEvaluator:
         if not reuse:
             self._states = [{} for _ in self.batches]
             self._layer_kwargs = [[{} for _ in range(adapter.num_layers)] for _ in self.batches]
-        for b, ids in enumerate(self.batches):
+        for b in self.mine:
+            ids = self.batches[b]
             if reuse and start == adapter.num_layers:
                 break  # nothing changed since the last capture
             states = self._states[b]
@@ -331,12 +337,12 @@ class VariantEvaluator:
         if not self.fast:
             return
         self.capture()
-        self._bounds, self._current = [], []
-        for b, states in enumerate(self._states):
-            logits = self.adapter.logits(states[FINAL])
-            self._current.append(sum(self._batch_loss(logits, b)))
+        self._bounds, self._current = {}, {}
+        for b in self.mine:
+            logits = self.adapter.logits(self._states[b][FINAL])
+            self._current[b] = sum(self._batch_loss(logits, b))
             if self.use_bound:
-                self._bounds.append(VocabularyBound.from_current(self.adapter, logits, self.batches[b]))
+                self._bounds[b] = VocabularyBound.from_current(self.adapter, logits, self.batches[b])
 
     def order(self, batches: Iterable[int], predicted: dict[int, float] | None = None) -> list[int]:
         """``batches`` with the highest predicted loss first (ties, and the naive path: canonical order).
@@ -347,7 +353,7 @@ class VariantEvaluator:
         batches = sorted(batches)
         if not (self.fast and self.order_windows and self._current):
             return batches
-        guess = {b: (predicted or {}).get(b, self._current[b]) for b in batches}
+        guess = {b: (predicted or {}).get(b, self._current.get(b, 0.0)) for b in batches}
         return sorted(batches, key=lambda b: (-guess[b], b))
 
     def score(self, unit: Unit, batches: Iterable[int] | None = None, bound: float = math.inf,
@@ -360,10 +366,9 @@ class VariantEvaluator:
         batches = self.order(range(self.n_batches) if batches is None else batches, predicted)
         with self.adapter.skipped(unit.blocks):
             scored = self._score(unit, batches, bound, known or {})
-        if scored.abandoned:
-            self.cost.abandoned += 1
-        elif scored.total is not None:
-            self.cost.completed += 1
+        if not self.divided:  # else counted once the processes' parts are merged
+            self.cost.abandoned += scored.abandoned
+            self.cost.completed += scored.total is not None and not scored.abandoned
         return scored
 
     def total(self, unit: Unit, bound: float = math.inf) -> float | None:
@@ -423,28 +428,62 @@ def _gathered(ranks: Ranks, mine: dict[int, Scored]) -> dict[int, Scored]:
 
 
 class _Step:
-    """One greedy step's scoring: the candidates in order, the best so far, progress."""
+    """One greedy step's scoring: the candidates in order, the best so far, progress.
+
+    With several processes either the candidates are dealt (each process scores its share on every
+    window, with its own early-abandon bound) or the batches of windows are (every process scores every
+    candidate on its own batches; after each candidate the losses are gathered, so all share one bound).
+    Either way every process ends with every candidate's result.
+    """
 
     def __init__(self, evaluator: VariantEvaluator, candidates: list[Unit], ranks: Ranks, on_scored: Callable):
         self.evaluator, self.candidates, self.ranks, self.on_scored = evaluator, candidates, ranks, on_scored
         self.scored: dict[int, Scored] = {}
         self.screened: dict[int, float] = {}
 
+    def _mine(self, indices: list[int]) -> list[int]:
+        """The candidates this process scores: all of them when the windows are divided."""
+        return list(indices) if self.evaluator.divided else [i for _, i in self.ranks.share(indices)]
+
+    def _own(self, batches: Iterable[int]) -> list[int]:
+        mine = set(self.evaluator.mine)
+        return [b for b in batches if b in mine]
+
+    def _merge(self, parts: list[Scored], bound: float) -> Scored:
+        """One candidate's losses from the processes that each scored some of its batches."""
+        merged = Scored(abandoned=any(p.abandoned for p in parts))
+        for part in parts:
+            merged.exact.update(part.exact)
+            merged.lower.update(part.lower)
+        if not merged.abandoned and len(merged.exact) == self.evaluator.n_batches:
+            merged.total = canonical_sum(merged.exact)
+            merged.abandoned = merged.total > bound
+        if self.ranks.main:  # counted once
+            self.evaluator.cost.completed += merged.total is not None and not merged.abandoned
+            self.evaluator.cost.abandoned += merged.abandoned
+        return merged
+
+    def _score(self, i: int, batches: Iterable[int], bound: float, known: dict[int, list[float]] | None,
+               previous: dict[str, Scored]) -> Scored:
+        before = previous.get(self.candidates[i].name)
+        predicted = before.per_batch() if before else None
+        if not self.evaluator.divided:
+            return self.evaluator.score(self.candidates[i], batches, bound, known, predicted)
+        part = self.evaluator.score(self.candidates[i], self._own(batches), bound, known, predicted)
+        return self._merge(self.ranks.gather(part), bound)
+
     def finish(self, order: list[int], batches: range, known: dict[int, dict[int, list[float]]],
                previous: dict[str, Scored]) -> None:
-        """Score the candidates ``order`` exactly on ``batches`` (each rank its share), in that order: the
-        best so far bounds the rest. Every rank then holds every candidate's result."""
+        """Score the candidates ``order`` exactly on ``batches``, in that order: the best so far bounds
+        the rest. Every process then holds every candidate's result."""
         best_total, best_index = math.inf, -1
         mine: dict[int, Scored] = {}
-        for _, i in self.ranks.share(order):
-            before = previous.get(self.candidates[i].name)
-            scored = self.evaluator.score(self.candidates[i], batches, best_total, known.get(i),
-                                          before.per_batch() if before else None)
-            mine[i] = scored
+        for i in self._mine(order):
+            scored = mine[i] = self._score(i, batches, best_total, known.get(i), previous)
             if not scored.abandoned and (scored.total < best_total or (scored.total == best_total and i < best_index)):
                 best_total, best_index = scored.total, i
             self.on_scored(1, self.candidates[best_index].name if best_index >= 0 else None, best_total)
-        self.scored.update(_gathered(self.ranks, mine))
+        self.scored.update(mine if self.evaluator.divided else _gathered(self.ranks, mine))
         self.on_scored(len(order) - len(mine), None, None)
 
     def halve(self, halving: Halving, order: list[int]) -> tuple[list[int], range, dict[int, dict[int, list[float]]]]:
@@ -454,9 +493,8 @@ class _Step:
         alive, known = list(order), {i: {} for i in order}
         done, upto = 0, min(n, math.ceil(halving.first_windows / size))
         while len(alive) > 1 and upto < n:
-            mine = {i: evaluator.score(self.candidates[i], range(done, upto), known=known[i])
-                    for _, i in self.ranks.share(alive)}
-            for i, scored in _gathered(self.ranks, mine).items():
+            mine = {i: self._score(i, range(done, upto), math.inf, known[i], {}) for i in self._mine(alive)}
+            for i, scored in (mine if evaluator.divided else _gathered(self.ranks, mine)).items():
                 known[i] = scored.exact
             partial = {i: canonical_sum(known[i]) for i in alive}
             ranked = sorted(alive, key=lambda i: (partial[i], i))
