@@ -239,3 +239,15 @@ def test_halving_is_refused_for_the_one_shot_ranking_and_checked(tiny_model_dir,
     assert report["search"].startswith("successive halving (approximate)") and report["recipe"]["search"] == "halving"
     assert report["search_cost"]["eliminated"] > 0
     assert "Search: successive halving (approximate)" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_a_batch_known_and_scored_again_is_refused():
+    import pytest
+    adapter = ModelAdapter(tiny_model("llama"))
+    evaluator = VariantEvaluator(adapter, _windows(n=4), batch_size=1)
+    evaluator.prepare()
+    unit = block_units(adapter)[0]
+    known = evaluator.score(unit, [0, 1]).exact
+    with pytest.raises(ValueError, match="count twice"):
+        evaluator.score(unit, [1, 2, 3], known=known)
+    assert evaluator.score(unit, [2, 3], known=known).total == evaluator.score(unit).total  # bit-identical

@@ -128,7 +128,7 @@ def evaluate(
     legal = legalbench_average(task_results)
     if legal is not None:
         result["legalbench_macro_average"] = legal
-    if s.speed is not None:
+    if s.speed is not None and ranks.main:  # one process measures: several would share the device
         result["speed"] = measure_speed(model.model, **s.speed)
     result.update(timings=timings, environment=environment())
     return result

@@ -48,7 +48,7 @@ def run_structured(spec: RunSpec) -> PruneResult:
         eval_windows = run.evaluation_windows()
         evaluation = compare(run.perplexities(eval_windows), run.perplexities(eval_windows, skipped))
     speeds = None
-    if spec.evaluation.speed:
+    if spec.evaluation.speed and adapter.ranks.main:  # one process measures, alone: the others only wait
         with run.timed("speed_s"):
             speeds = compare_speed(adapter.model, {"dense": contextlib.nullcontext, "pruned": skipped}, repeats=SPEED_REPEATS)
 

@@ -150,7 +150,7 @@ class Selection:
     score_name: str
     steps_score_calibration_nll: bool = False  # step.score is the mean NLL of that step's removal set
     recipe: dict[str, Any] = field(default_factory=dict)  # a saved search's recipe, when re-applied
-    search: str = "exact"  # how the candidates were compared: exact, or the approximation used
+    search: str = ""  # how a search compared its candidates: exact, or the approximation used
 
 
 class StructuredMethod:
@@ -172,7 +172,6 @@ class StructuredMethod:
         if options.from_report is not None:
             return  # a saved search: nothing to check against the candidates
         units = self.units(adapter, options)
-        adapter.ranks.check_enough(len(units), "candidate units")
         if options.blocks is None:
             return  # a ratio
         if options.blocks > len(units):
@@ -196,6 +195,7 @@ def windows_divided(adapter: ModelAdapter, windows: TokenWindows, options: Searc
     if divide == "auto":
         divide = choose_division(adapter.num_layers, options.blocks or adapter.num_layers, ranks.world, batches)
     if divide == "candidates":
+        ranks.check_enough(2 * adapter.num_layers, "candidate blocks")
         return None
     ranks.check_enough(batches, "batches of calibration windows")
     return ranks
@@ -256,7 +256,8 @@ class OneShotPPL(StructuredMethod):
         totals = adapter.ranks.merge({i: evaluator.total(u) for i, u in adapter.ranks.share(units)})
         scores = {u.name: total / evaluator.n_windows for u, total in zip(units, totals)}
         steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
-        return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name)
+        return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
+                         search=_search_name(options, evaluator))
 
 
 def _js_loss(reference: list[torch.Tensor]):

@@ -197,6 +197,7 @@ class VariantEvaluator:
         self.batches = [b.to(device) for b in windows.input_ids.split(batch_size)]
         self.n_windows = len(windows)
         self.divided = divided_over is not None and divided_over.world > 1
+        self._sum_over_processes = lambda value: math.fsum((divided_over or Ranks()).gather(value))
         self.mine = [b for b, _ in (divided_over or Ranks()).share(range(len(self.batches)))]
         self.cost = Cost()
         self._states: list[dict[Any, torch.Tensor]] = []  # per batch: block (or FINAL) -> entering stream
@@ -299,36 +300,49 @@ class VariantEvaluator:
 
     @torch.no_grad()
     def _score(self, unit: Unit, batches: list[int], bound: float, known: dict[int, list[float]]) -> Scored:
+        if set(known) & set(batches):
+            raise ValueError("a batch is both known and to be scored: its loss would count twice")
         if not self.fast:
             return self._score_naive(batches, known)
         scored = Scored(exact=dict(known))
         # Abandon as soon as what is known of the total (exact losses, or lower bounds) exceeds the bound.
-        # This partial sum is not in the canonical order: a margin covers its rounding.
-        partial, margin = sum(map(sum, known.values())), REORDERED_SUM_SLACK * abs(bound)
+        # These partial sums are not in the canonical order: the margins cover their rounding.
+        known_sum = sum(map(sum, known.values()))
+        partial, margin, tolerance = known_sum, REORDERED_SUM_SLACK * abs(bound), BOUND_TOLERANCE * self.n_windows
+        bounded = self.use_bound and bound < math.inf
         finals: dict[int, torch.Tensor] = {}
         for b, hidden in self._finals(unit, batches):
             if self.use_bound:  # the exact loss waits: first a certified lower bound at a fraction of the cost
                 finals[b] = hidden
-                if bound < math.inf:
+                if bounded:
                     self.cost.bound_window_evals += len(hidden)
                     scored.lower[b] = sum(self._bounds[b].lower_bound(self.adapter, hidden))
                     partial += scored.lower[b]
-                    if partial > bound + BOUND_TOLERANCE * self.n_windows:
+                    if partial > bound + tolerance:
+                        scored.abandoned = True
                         break
             else:
                 scored.exact[b] = self._batch_loss(self.adapter.logits(hidden), b)
                 partial += sum(scored.exact[b])
                 if partial > bound + margin:
+                    scored.abandoned = True
                     break
-        else:
-            for b in sorted(finals):  # every batch passed its bound: now the exact losses
-                scored.exact[b] = self._batch_loss(self.adapter.logits(finals[b]), b)
-                scored.lower.pop(b, None)
-            if len(scored.exact) == self.n_batches:
-                scored.total = canonical_sum(scored.exact)
-                scored.abandoned = scored.total > bound  # the loss is >= 0: it could not have won
+        if bounded and self.divided:  # the processes' bounds summed (every process calls this once per candidate)
+            partial = known_sum + self._sum_over_processes(partial - known_sum)
+            scored.abandoned = partial > bound + tolerance
+        if scored.abandoned:
             return scored
-        scored.abandoned = True
+        exact_sum, outstanding = known_sum, sum(scored.lower.values())
+        for b in sorted(finals):  # every bound passed: now the exact losses, stopping if they already exceed it
+            scored.exact[b] = self._batch_loss(self.adapter.logits(finals[b]), b)
+            exact_sum += sum(scored.exact[b])
+            outstanding -= scored.lower.pop(b, 0.0)
+            if bounded and exact_sum + outstanding > bound + tolerance:
+                scored.abandoned = True
+                return scored
+        if len(scored.exact) == self.n_batches:
+            scored.total = canonical_sum(scored.exact)
+            scored.abandoned = scored.total > bound  # the loss is >= 0: it could not have won
         return scored
 
     # --- public ------------------------------------------------------------------------------------
@@ -385,9 +399,14 @@ class Halving:
     first_windows: int = 4
     keep: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.first_windows < 1 or not 0 < self.keep < 1:
+            raise ValueError(f"successive halving needs first_windows >= 1 and 0 < keep < 1, got {self}")
+
     def describe(self) -> str:
-        return (f"successive halving (approximate): every candidate scored on {self.first_windows} windows, "
-                f"the best {self.keep:g} kept, windows doubled each round, the survivors finished exactly")
+        return (f"successive halving (approximate): every candidate scored on the first {self.first_windows} "
+                f"windows (whole batches), the best {self.keep:g} kept, windows doubled each round, the survivors "
+                "finished exactly")
 
 
 @dataclass
