@@ -29,8 +29,9 @@ result = prune(settings["model"], settings["method"], settings["options"],
                data=DataSpec(calib=settings["calib"], samples=settings["samples"], seqlen=settings["seqlen"],
                              domain=settings.get("domain"), domain_samples=settings.get("domain_samples", 16),
                              data_dir=settings["data_dir"]),
-               evaluation=EvalSpec(ppl=["wikitext2"], max_windows=settings["eval_windows"]) if settings.get("eval_windows")
-               else EvalSpec(ppl=[]), progress=False)
+               evaluation=EvalSpec(ppl=["wikitext2"] if settings.get("eval_windows") else [],
+                                   max_windows=settings.get("eval_windows") or settings["domain_eval_windows"]),
+               progress=False)
 digest = hashlib.sha256()
 adapter = ModelAdapter(result.model.model, result.model.weights)  # streamed weights: read one layer at a time
 for index in range(adapter.num_layers):
@@ -70,9 +71,12 @@ def main() -> None:
     parser.add_argument("--dpruner-batch-size", type=int, default=2, help="D-Pruner's windows per backward pass")
     parser.add_argument("--eval-windows", type=int, default=0,
                         help="also run each sequential method with disk offload and dense/pruned WikiText-2 PPL")
+    parser.add_argument("--domain-eval-windows", type=int, default=4,
+                        help="D-Pruner: windows of the domain's held-out set for dense / pruned perplexity")
     parser.add_argument("--out", default="benchmarks/results/large_model.json")
     args = parser.parse_args()
-    common = {"model": args.model, "data_dir": args.data_dir}
+    # D-Pruner's run also compares dense and pruned perplexity on its domain's held-out set: a few windows
+    common = {"model": args.model, "data_dir": args.data_dir, "domain_eval_windows": args.domain_eval_windows}
     sequential = {"calib": "c4", "samples": args.samples, "seqlen": args.seqlen}
     configs = []
     for method in args.methods.split(","):
