@@ -87,10 +87,11 @@ def main() -> None:
                 configs.append({"name": f"{method} 50%, --offload disk, WikiText-2 PPL on {args.eval_windows} windows",
                                 "method": method, **sequential, "options": {"sparsity": 0.5, "offload": "disk"},
                                 "eval_windows": args.eval_windows})
-        elif method == "dpruner":
-            configs.append({"name": "dpruner 50% (one pass)", "method": method, **sequential, "domain": "healthcare",
-                            "domain_samples": args.samples,
-                            "options": {"sparsity": 0.5, "steps": 0, "update_batch_size": args.dpruner_batch_size}})
+        elif method == "dpruner":  # offload: its general step's layer cache and its original weights
+            configs += [{"name": "dpruner 50% (one pass)" + (f", --offload {o}" if o != "none" else ""), "method": method,
+                         **sequential, "domain": "healthcare", "domain_samples": args.samples,
+                         "options": {"sparsity": 0.5, "steps": 0, "update_batch_size": args.dpruner_batch_size,
+                                     "offload": o}} for o in args.offloads.split(",")]
         elif method == "blockpruner":
             configs.append({"name": "blockpruner, 2 blocks", "method": method, "calib": "alpaca",
                             "samples": args.search_samples, "seqlen": args.search_seqlen, "options": {"blocks": 2}})

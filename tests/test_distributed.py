@@ -122,3 +122,25 @@ def test_ranks_given_different_arguments_are_named(tiny_model_dir, data_dir, tmp
     assert run.returncode != 0
     assert "error: rank 1 has different arguments than rank 0" in run.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_process_that_dies_stops_the_run_with_one_line_and_no_output(tiny_model_dir, data_dir, tmp_path):
+    script = tmp_path / "launch.py"  # rank 1 dies in the middle of the search, as a crashed process would
+    script.write_text("import os, sys\n"
+                      "from secateurs import distributed\n"
+                      "gather = distributed.Ranks.gather\n"
+                      "calls = []\n"
+                      "def dying(self, value):\n"
+                      "    calls.append(1)\n"
+                      "    if self.rank == 1 and len(calls) == 4:\n"
+                      "        os._exit(3)\n"
+                      "    return gather(self, value)\n"
+                      "distributed.Ranks.gather = dying\n"
+                      "from secateurs.cli import main\nsys.exit(main())\n")
+    run = _torchrun("prune", str(tiny_model_dir), "--method", "blockpruner", "--blocks", "2", *_common(data_dir),
+                    "--out", str(tmp_path / "o"), script=str(script))
+    assert run.returncode != 0
+    rank0 = [line for line in run.stderr.splitlines() if line.startswith(("error:", "terminated"))]
+    assert rank0 and ("another process of this run stopped or failed" in rank0[0] or
+                      "by torchrun: another process of the run failed" in rank0[0]), run.stderr[-2000:]
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))

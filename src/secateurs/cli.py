@@ -363,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}" if rank == "0" else f"error (rank {rank}): {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Terminated:
-        print("terminated (SIGTERM); nothing half-written was left behind", file=sys.stderr)
+        why = (" by torchrun: another process of the run failed" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
+        print(f"terminated (SIGTERM{why}); nothing half-written was left behind", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ One process (``world == 1``, no torchrun) is the same code with nothing to combi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,17 @@ from .errors import SecateursError
 
 T = TypeVar("T")
 TIMEOUT = timedelta(minutes=30)  # a rank that died is noticed by the others within this time
+
+
+@contextlib.contextmanager
+def _peers_alive():
+    """A collective that fails because another process died or left is one line, not a traceback."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed's errors (DistBackendError, gloo's) are RuntimeErrors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SecateursError(f"another process of this run stopped or failed, so this one cannot go on "
+                             f"(torch.distributed: {first[:120]}...); nothing was written") from exc
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,8 @@ class Ranks:
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.all_reduce(tensor)
+            with _peers_alive():
+                dist.all_reduce(tensor)
         return tensor
 
     def gather(self, value: Any) -> list[Any]:
@@ -89,7 +102,8 @@ class Ranks:
         import torch.distributed as dist
 
         values: list[Any] = [None] * self.world
-        dist.all_gather_object(values, value)
+        with _peers_alive():
+            dist.all_gather_object(values, value)
         return values
 
     def merge(self, shares: dict[int, T]) -> list[T]:
