@@ -102,7 +102,7 @@ def main() -> None:
                        evaluation=EvalSpec(ppl=[]), progress=False,
                        output=OutputSpec(work / f"bp{ratio}", format="gguf", gguf_type=args.gguf_type)).report
         if not (work / f"bp{ratio}" / "model.gguf").is_file():  # pruned by another benchmark (deploy_vllm.py)
-            report["engine_export"] = export(work / f"bp{ratio}", "gguf", work / f"bp{ratio}" / "model.gguf", args.gguf_type)
+            report["engine_export"] = export(work / f"bp{ratio}", "gguf", work / f"bp{ratio}" / "model.gguf", gguf_type=args.gguf_type)
         models[f"blockpruner {100 * ratio:.0f}%"] = {
             "path": work / f"bp{ratio}" / "model.gguf", "ratio": report["ratio"], "removed": report["removal_order"],
             "prune_s": report["timings"]["search_s"], "layers_in_gguf": (report.get("engine_export") or report["gguf"])["layers"]}

@@ -27,6 +27,7 @@ from secateurs.export import export
 from secateurs.export.nemotron_nas import write_nemotron_nas
 from secateurs.files import write_json_atomic
 from secateurs.reporting.provenance import environment
+from secateurs.reporting.report import report_json
 
 PROMPT = "The capital of France is Paris, and the capital of Italy is"
 TOP = 20
@@ -45,10 +46,10 @@ def prepare(args: argparse.Namespace) -> None:
         write_nemotron_nas(ModelAdapter(lm.model), lm.tokenizer, work / "dense", name="dense")
     for ratio in (float(r) for r in args.ratios.split(",")):
         out = work / f"bp{ratio}"
-        report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else prune(
+        report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else report_json(prune(
             "smollm2-135m", "blockpruner", {"ratio": ratio},
             data=DataSpec(calib="alpaca", samples=args.samples, seqlen=args.seqlen, data_dir=args.data_dir),
-            evaluation=EvalSpec(ppl=[]), progress=False, output=OutputSpec(out, format="nemotron-nas")).report
+            evaluation=EvalSpec(ppl=[]), progress=False, output=OutputSpec(out, format="nemotron-nas")).report)
         if not (out / "nemotron-nas" / "config.json").is_file():  # pruned by another benchmark (deploy_llamacpp.py)
             export(out, "nemotron-nas", out / "nemotron-nas")
         models[f"blockpruner {100 * ratio:.0f}%"] = {"path": str(out / "nemotron-nas"), "ratio": report["ratio"],

@@ -23,6 +23,7 @@ CHILD = r"""
 import hashlib, json, resource, sys, time
 from secateurs import DataSpec, EvalSpec, prune
 from secateurs.models.adapter import ModelAdapter
+from secateurs.reporting.report import report_json
 settings = json.loads(sys.argv[1])
 start = time.perf_counter()
 result = prune(settings["model"], settings["method"], settings["options"],
@@ -38,7 +39,7 @@ for index in range(adapter.num_layers):
     with adapter.weights.onloaded(adapter.layers[index]):
         for name, linear in sorted(adapter.layer_linears(index).items()):
             digest.update(linear.weight.detach().contiguous().numpy().tobytes())
-report = result.report
+report = report_json(result.report)
 print("RESULT " + json.dumps({
     "wall_s": time.perf_counter() - start, "timings": report.get("timings"),
     "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -16,6 +16,7 @@ from pathlib import Path
 from secateurs import DataSpec, EvalSpec, load_model, prune
 from secateurs.files import write_json_atomic
 from secateurs.reporting.provenance import environment
+from secateurs.reporting.report import report_json
 
 BASELINES = [
     ("shortgpt", {"unit": "layer"}),
@@ -45,7 +46,7 @@ def main() -> None:
     def run(method: str, **options) -> dict:
         lm = load_model(args.model)  # a fresh dense model each time: prune() removes blocks in place
         start = time.perf_counter()
-        report = prune(lm, method, options, data, evaluation).report
+        report = report_json(prune(lm, method, options, data, evaluation).report)
         row = {
             "method": method if "unit" not in options else f"{method} ({options['unit']})",
             "ratio": report["ratio"], "removed": report["removal_order"],

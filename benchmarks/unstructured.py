@@ -29,6 +29,7 @@ def run_one(args: argparse.Namespace, method: str, pattern: str) -> dict:
 import json, resource, sys, time
 from secateurs import DataSpec, EvalSpec, prune
 from secateurs.unstructured.masks import parse_nm
+from secateurs.reporting.report import report_json
 pattern = {pattern!r}
 options = {{"nm": parse_nm(pattern)}} if ":" in pattern else {{"sparsity": float(pattern)}}
 if {method!r} == "dpruner":
@@ -36,7 +37,7 @@ if {method!r} == "dpruner":
 data = DataSpec(calib=None if {method!r} == "magnitude" else "c4", samples={args.samples}, seqlen={args.seqlen}, domain={args.domain!r},
                 domain_samples={args.domain_samples}, data_dir={args.data_dir!r})
 evaluation = EvalSpec(ppl=["wikitext2"], seqlen={args.eval_seqlen}, max_windows={args.eval_max_windows})
-report = prune({args.model!r}, {method!r}, options, data, evaluation, progress=False).report
+report = report_json(prune({args.model!r}, {method!r}, options, data, evaluation, progress=False).report)
 report.pop("environment")
 print("RESULT " + json.dumps(report))
 """

@@ -77,7 +77,7 @@ def vllm_results(tmp_path_factory):
         models.append({"path": str(tmp / name), "tokens": TOKENS})
     # The defect the zero attention avoids: the same first layer written as a no-op attention (run last).
     plan = nemotron_nas.kept_layers
-    nemotron_nas.kept_layers = lambda *args: [KeptLayer(k.layer, k.attention, k.mlp, False) for k in plan(*args)]
+    nemotron_nas.kept_layers = lambda *args: [KeptLayer(k.layer, k.has_attention, k.has_mlp, False) for k in plan(*args)]
     try:
         adapter = ModelAdapter(peaky_model("llama"))
         adapter.remove_blocks([Block.parse("mha.0")])

@@ -55,14 +55,14 @@ def test_a_model_directory_that_ships_code_is_refused_and_its_code_never_runs(ca
 # --- 2. SIGTERM -------------------------------------------------------------------------------------
 SLOW_SAVE = r"""
 import sys, time
-import secateurs.run.frame as frame
+import secateurs.reporting.report as report
 from secateurs.cli import main
-real = frame.write_json_atomic
+real = report.write_json_atomic
 def slow(path, data):
     real(path, data)  # report.json is written inside the temporary directory ...
     print("writing", flush=True)
     time.sleep(120)  # ... and the process is terminated before the rename
-frame.write_json_atomic = slow
+report.write_json_atomic = slow
 sys.exit(main(sys.argv[1:]))
 """
 

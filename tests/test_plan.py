@@ -8,7 +8,8 @@ import pytest
 from conftest import cli_error
 from secateurs import SecateursError
 from secateurs.cli import main
-from secateurs.plan import GIB, RunShape, load_config, make_plan, parse_bytes
+from secateurs.plan import GIB, load_config, make_plan, parse_bytes
+from secateurs.registry import run_shape
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 RESULTS = Path(__file__).parent.parent / "benchmarks" / "results"
@@ -20,24 +21,24 @@ PUBLISHED_PARAMETERS = {  # the model cards' exact counts
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
 def test_parameter_counts_from_the_config_alone(name):
-    plan = make_plan(load_config(str(CONFIGS / f"{name}.json")), RunShape("wanda", dtype_bytes=2))
+    plan = make_plan(load_config(str(CONFIGS / f"{name}.json")), run_shape("wanda", dtype_bytes=2))
     assert plan.parameters == PUBLISHED_PARAMETERS[name]
     assert plan.parts["weights"] == 2 * PUBLISHED_PARAMETERS[name]
 
 
 def test_sparsegpt_holds_one_layer_of_hessians_and_the_layer_cache():
     config = load_config(str(CONFIGS / "llama-2-7b.json"))
-    plan = make_plan(config, RunShape("sparsegpt", windows=128, seqlen=2048, dtype_bytes=2))
+    plan = make_plan(config, run_shape("sparsegpt", windows=128, seqlen=2048, dtype_bytes=2))
     hidden, intermediate = 4096, 11008  # q, k, v, o, gate, up read H columns; down reads I
     assert plan.parts["statistics (Hessians)"] == (6 * hidden**2 + intermediate**2) * 4
     assert plan.parts["layer input and output cache"] == 2 * 128 * 2048 * hidden * 2
-    assert plan.flops > make_plan(config, RunShape("wanda", windows=128, seqlen=2048, dtype_bytes=2)).flops  # + OBS
+    assert plan.flops > make_plan(config, run_shape("wanda", windows=128, seqlen=2048, dtype_bytes=2)).flops  # + OBS
 
 
 def test_llama_2_70b_dpruner_does_not_fit_one_80gb_gpu_but_wanda_does():
     config = load_config(str(CONFIGS / "llama-2-70b.json"))
-    dpruner = make_plan(config, RunShape("dpruner", dtype_bytes=2, seqlen=128))
-    wanda = make_plan(config, RunShape("wanda", dtype_bytes=2, windows=128, seqlen=2048))
+    dpruner = make_plan(config, run_shape("dpruner", dtype_bytes=2, seqlen=128))
+    wanda = make_plan(config, run_shape("wanda", dtype_bytes=2, windows=128, seqlen=2048))
     assert dpruner.peak_bytes > 80e9 * 4  # S float32 + G bfloat16 + bf16 weights: 6 bytes x 69 B parameters
     assert wanda.peak_bytes < dpruner.peak_bytes
 
@@ -47,7 +48,7 @@ def test_llama_2_70b_dpruner_does_not_fit_one_80gb_gpu_but_wanda_does():
 def test_plan_agrees_with_the_measured_dpruner_peak_on_smollm2(config_name, dtype):
     measured = next(r for r in json.loads((RESULTS / "dpruner_memory.json").read_text())["after"]
                     if r["name"] == config_name)
-    shape = RunShape("dpruner", seqlen=measured["seqlen"], dtype_bytes=4, domain_windows=measured["windows"],
+    shape = run_shape("dpruner", seqlen=measured["seqlen"], dtype_bytes=4, domain_windows=measured["windows"],
                      update_batch_size=measured["options"]["update_batch_size"], general_bytes=dtype)
     predicted = make_plan(load_config(str(CONFIGS / "smollm2-135m.json")), shape).peak_bytes
     assert abs(predicted - measured["peak_bytes"]) / measured["peak_bytes"] < 0.25, (predicted / GIB, measured["peak_bytes"] / GIB)
@@ -100,9 +101,9 @@ def test_plan_agrees_with_the_measured_peaks_on_the_1_5b_model(run):
 
     config = load_config(str(CONFIGS / "qwen2.5-coder-1.5b.json"))
     options = run["options"]
-    shape = RunShape(run["method"], windows=run["samples"], seqlen=run["seqlen"], blocks=options.get("blocks", 8),
-                     domain_windows=run.get("domain_samples", 64), update_batch_size=options.get("update_batch_size", 8),
-                     epochs=options.get("steps", 1))
+    shape = run_shape(run["method"], windows=run["samples"], seqlen=run["seqlen"], blocks=options.get("blocks", 8),
+                      domain_windows=run.get("domain_samples", 64), update_batch_size=options.get("update_batch_size", 8),
+                      epochs=options.get("steps", 1))
     plan = make_plan(config, shape)
     streamed = run["options"].get("offload") == "disk" and plan.offloaded is not None
     predicted = (plan.offloaded_peak_bytes if streamed else plan.peak_bytes) + CPU_RUNTIME_BYTES

@@ -66,16 +66,16 @@ def test_saved_search_reapplies_at_a_lower_level(tiny_model_dir, data_dir, tmp_p
     full = _prune(str(tiny_model_dir), blocks=3, data_dir=data_dir, out=tmp_path / "k3")
     again = _prune(str(tiny_model_dir), from_report=tmp_path / "k3" / "report.json", blocks=2,
                   data_dir=data_dir)
-    assert [b.name for b in sorted(again.removed)] == full.report["steps"][1]["removed"]
-    assert again.report["search_cost"] == {}
+    assert [b.name for b in sorted(again.removed)] == full.report.steps[1].removed
+    assert again.report.search_cost == {}
 
 
 @pytest.mark.parametrize("method", ["shortgpt", "relative-magnitude", "one-shot-ppl", "finercut", "layer-search"])
 def test_baselines_select_nested_sets(method, tiny_model_dir, data_dir):
     result = _prune(str(tiny_model_dir), method=method, blocks=2, data_dir=data_dir, eval_ppl=())
-    steps = result.report["steps"]
-    assert len(steps) == 2 and set(steps[0]["removed"]) < set(steps[1]["removed"])
-    assert result.report["ratio"] == steps[-1]["ratio"] > 0
+    steps = result.report.steps
+    assert len(steps) == 2 and set(steps[0].removed) < set(steps[1].removed)
+    assert result.report.ratio == steps[-1].ratio > 0
 
 
 def test_shortgpt_scores_are_block_influence(data_dir, byte_tokenizer):
@@ -101,8 +101,8 @@ def test_shortgpt_scores_are_block_influence(data_dir, byte_tokenizer):
 def test_finercut_fast_equals_naive(tiny_model_dir, data_dir):
     a = _prune(str(tiny_model_dir), method="finercut", blocks=3, data_dir=data_dir, eval_ppl=())
     b = _prune(str(tiny_model_dir), method="finercut", blocks=3, naive=True, data_dir=data_dir, eval_ppl=())
-    assert a.report["removal_order"] == b.report["removal_order"]
-    assert [s["score"] for s in a.report["steps"]] == [s["score"] for s in b.report["steps"]]
+    assert a.report.removal_order == b.report.removal_order
+    assert [s.score for s in a.report.steps] == [s.score for s in b.report.steps]
 
 
 @pytest.mark.parametrize(
@@ -162,10 +162,10 @@ def test_calibration_ppl_per_step_is_that_of_the_nested_set(method, tiny_model_d
     model = load_pruned(tiny_model_dir).model  # the dense model again
     adapter = ModelAdapter(model)
     windows = token_windows("alpaca", byte_tokenizer, 32, data_dir=data_dir, samples=20, seed=0)
-    for step, ppl in zip(result.report["steps"], result.report["calibration"]["ppl_per_step"]):
-        with adapter.skipped([Block.parse(n) for n in step["removed"]]):
+    for step, ppl in zip(result.report.steps, result.report.calibration.ppl_per_step):
+        with adapter.skipped([Block.parse(n) for n in step.removed]):
             expected = perplexity(model, windows, batch_size=4, progress=False)["ppl"]
-        assert ppl == pytest.approx(expected, rel=1e-9), step["removed"]
+        assert ppl == pytest.approx(expected, rel=1e-9), step.removed
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -87,6 +87,6 @@ def test_wanda_and_sparsegpt_beat_magnitude_on_smollm2(data_dir):
                        data=DataSpec(calib=None if method == "magnitude" else "c4", samples=4, seqlen=128,
                                      data_dir=data_dir),
                        evaluation=EvalSpec(ppl=["wikitext2"], seqlen=256, max_windows=2), progress=False).report
-        assert report["sparsity"]["over_pruned_matrices"] == pytest.approx(0.5, abs=1e-3)
-        ppl[method] = report["evaluation"]["wikitext2"]["pruned_ppl"]
+        assert report.sparsity["over_pruned_matrices"] == pytest.approx(0.5, abs=1e-3)
+        ppl[method] = report.evaluation["wikitext2"].pruned_ppl
     assert ppl["wanda"] < ppl["magnitude"] / 2 and ppl["sparsegpt"] < ppl["magnitude"] / 2, ppl

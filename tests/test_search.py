@@ -50,12 +50,13 @@ def test_a_budgeted_prefix_cache_recomputes_and_picks_the_same_blocks(family):
 def test_max_memory_sizes_the_prefix_cache(capsys):
     import pytest
     from secateurs import SecateursError
-    from secateurs.plan import CPU_RUNTIME_BYTES, PREFIX_CACHE, RunShape, make_plan
+    from secateurs.plan import CPU_RUNTIME_BYTES, PREFIX_CACHE, make_plan
+    from secateurs.registry import run_shape
     from secateurs.structured.methods import SearchOptions, prefix_cache_layers
 
     adapter = ModelAdapter(tiny_model("llama"))
     windows = _windows()
-    plan = make_plan(adapter.model.config, RunShape("blockpruner", windows=5, seqlen=24, batch_size=4))
+    plan = make_plan(adapter.model.config, run_shape("blockpruner", windows=5, seqlen=24, batch_size=4))
     stream = windows.input_ids.numel() * adapter.model.config.hidden_size * 4
     assert plan.parts[PREFIX_CACHE] == 7 * stream  # 2L + 1 streams of every window
     fixed = CPU_RUNTIME_BYTES + plan.peak_bytes - plan.parts[PREFIX_CACHE]  # weights, one batch, the runtime

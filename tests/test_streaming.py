@@ -115,10 +115,11 @@ def test_onloading_gives_back_the_meta_parameters_with_their_ties(tmp_path, byte
 
 # --- --max-memory: the offload is chosen from the plan's prediction -------------------------------------
 def test_max_memory_chooses_the_offload_from_the_plan(tmp_path, byte_tokenizer, data_dir, capsys):
-    from secateurs.plan import CPU_RUNTIME_BYTES, RunShape, load_config, make_plan
+    from secateurs.plan import CPU_RUNTIME_BYTES, load_config, make_plan
+    from secateurs.registry import run_shape
 
     path = _saved("llama", tmp_path / "model", byte_tokenizer)
-    plan = make_plan(load_config(str(path)), RunShape("wanda", windows=2, seqlen=32, batch_size=4))
+    plan = make_plan(load_config(str(path)), run_shape("wanda", windows=2, seqlen=32, batch_size=4))
     assert plan.offloaded_peak_bytes < plan.peak_bytes
     between = CPU_RUNTIME_BYTES + (plan.offloaded_peak_bytes + plan.peak_bytes) // 2
     for budget, chosen in ((str(CPU_RUNTIME_BYTES + 2 * plan.peak_bytes), "none"), (str(between), "disk")):

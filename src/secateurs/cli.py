@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
 import json
 import logging
@@ -13,20 +12,24 @@ import sys
 import typing
 from typing import Any, Sequence
 
-from . import __version__
+from .version import __version__
 from .data import DATA_DIR_ENV, describe_data, resolve_data_dir
+from .defaults import (BATCH_SIZE, CALIBRATION_SAMPLES, CALIBRATION_SEQLEN, DPRUNER_EPOCHS, DPRUNER_UPDATE_BATCH,
+                       EVAL_WINDOWS, PAPER_SEQLEN, PLAN_BLOCKS)
 from .distributed import Ranks
 from .errors import SecateursError, Terminated
-from .evaluation.evaluate import PAPER_SEQLEN, EvalSettings, evaluate
-from .evaluation.perplexity import DEFAULT_BATCH_SIZE
-from .evaluation.tasks import SUITES, task_names
-from .export import ENGINES, FORMATS as EXPORT_FORMATS, GGUF_TYPES, INSIDE_PRUNED_DIRECTORY, export
+from .evaluation.evaluate import EvalSettings, evaluate
+from .evaluation.suites import SUITES
+from .evaluation.tasks import task_names
+from .export import export
+from .export.registry import DEFAULT_FORMAT, EXPORTERS, get_exporter, option_fields
 from .files import check_output_path, write_json_atomic, write_text_atomic
 from .models.loading import DTYPES, resolve_device
 from .options import flag_of, own_fields
-from .plan import METHODS as PLAN_METHODS, RunShape, load_config, make_plan, parse_bytes, render
-from .registry import METHODS, get_method, list_methods, make_options
+from .plan import load_config, make_plan, parse_bytes, render
+from .registry import METHODS, get_method, list_methods, make_options, run_shape
 from .reporting.markdown import render_comparison, render_results
+from .reporting.report import Report, UnstructuredReport
 from .run.prune import prune, run_spec
 from .run.spec import DataSpec, EvalSpec, OutputSpec, RunSpec
 
@@ -55,6 +58,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (default: $SECATEURS_DATA; else the Hugging Face hub)")
     parser.add_argument("--text-field", default="text", help="field holding the text in a local .jsonl file")
+
+
+def _add_format_options(parser: argparse.ArgumentParser) -> None:
+    """Every export format's options as flags (``--gguf-type``), from the formats' options classes."""
+    for exporter, f in option_fields():
+        choices = f.metadata.get("choices")
+        parser.add_argument(flag_of(f), dest=f.name, default=f.default,
+                            help=f"with --format {exporter.name}: {f.metadata['help']}"
+                                 + (f", one of {', '.join(choices)}" if choices else "") + f" (default {f.default})")
+
+
+def _format_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for _, f in option_fields()}
 
 
 OPTION_DEST = "option_"  # argparse destination prefix of the methods' options
@@ -122,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ppl", type=_comma_list, help="datasets for token perplexity, e.g. wikitext2,c4 or a .txt/.jsonl file "
                                                     "(default wikitext2 when nothing else is asked)")
     ev.add_argument("--tasks", type=_comma_list, default=[], help=f"tasks: {', '.join(task_names())}, or a .jsonl file")
-    ev.add_argument("--suite", choices=sorted(SUITES), help="a named set of perplexities and tasks (paper = BlockPruner's five + wikitext2)")
+    ev.add_argument("--suite", choices=sorted(SUITES), help="a named set of perplexities and tasks, with their averages: "
+                    + "; ".join(f"{s.name} = {s.summary}" for s in SUITES.values()))
     ev.add_argument("--limit", type=int, help="first N rows of each task (the harness's rule)")
     ev.add_argument("--sample", type=int, help="or a seeded subset of N rows (--seed)")
     ev.add_argument("--seed", type=int, default=0)
@@ -135,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded for --speed (default 32)")
     ev.add_argument("--seqlen", type=int, default=PAPER_SEQLEN, help=f"window length in tokens (default {PAPER_SEQLEN}, as the papers)")
     ev.add_argument("--max-windows", type=int, help="use only the first N windows")
-    ev.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
+    ev.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
     ev.add_argument("--out", help="write the results (with their protocol) to this JSON file")
     ev.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_model_options(ev)
@@ -150,45 +167,54 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--calib", "--general-calib", dest="calib",
                     help="(general) calibration set or .txt/.jsonl file (default: alpaca for structured methods, "
                          "c4 for unstructured ones)")
-    pr.add_argument("--samples", type=int, default=64, help="calibration documents drawn with --seed (default 64)")
+    pr.add_argument("--samples", type=int, default=CALIBRATION_SAMPLES,
+                    help=f"calibration documents drawn with --seed (default {CALIBRATION_SAMPLES})")
     pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--seqlen", type=int, default=512, help="calibration window length (default 512)")
+    pr.add_argument("--seqlen", type=int, default=CALIBRATION_SEQLEN,
+                    help=f"calibration window length (default {CALIBRATION_SEQLEN})")
     pr.add_argument("--domain", help="healthcare or legal: D-Pruner's domain data, and a domain PPL for every method")
     pr.add_argument("--domain-data", help="or your own domain text (.txt or .jsonl) for D-Pruner")
-    pr.add_argument("--domain-samples", type=int, default=64, help="domain documents drawn with --seed (default 64)")
+    pr.add_argument("--domain-samples", type=int, default=CALIBRATION_SAMPLES,
+                    help=f"domain documents drawn with --seed (default {CALIBRATION_SAMPLES})")
     _add_method_options(pr)
-    pr.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
+    pr.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
     pr.add_argument("--eval-ppl", type=_comma_list, default=["wikitext2"], help="perplexity after pruning (dense vs pruned)")
     pr.add_argument("--eval-seqlen", type=int, help="window length for --eval-ppl (default: --seqlen)")
-    pr.add_argument("--eval-max-windows", type=int, default=8, help="windows for --eval-ppl (default 8)")
+    pr.add_argument("--eval-max-windows", type=int, default=EVAL_WINDOWS, help=f"windows for --eval-ppl (default {EVAL_WINDOWS})")
     pr.add_argument("--speed", action="store_true", help="also measure decode tokens/s, dense vs pruned (structured methods)")
     pr.add_argument("--out", help="write the pruned model, report.json and report.md to this directory")
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    pr.add_argument("--format", default="hf", help="hf (default); gguf also writes model.gguf for llama.cpp in --out, "
-                                                   "nemotron-nas a nemotron-nas/ checkpoint for vLLM")
-    pr.add_argument("--gguf-type", default="f32", help=f"with --format gguf: {', '.join(GGUF_TYPES)} (default f32)")
+    engine_formats = [e for e in EXPORTERS.values() if not e.is_checkpoint]
+    pr.add_argument("--format", default=DEFAULT_FORMAT, help=f"{DEFAULT_FORMAT} (default); " + "; ".join(
+        f"{e.name} also writes {e.inside_pruned_directory} in --out for {e.engine}" for e in engine_formats))
+    _add_format_options(pr)
     _add_model_options(pr)
     _add_data_options(pr)
 
-    ex = sub.add_parser("export", help="export a pruned directory for an inference engine (gguf: llama.cpp, "
-                                       "nemotron-nas: vLLM, hf: a copy)")
+    ex = sub.add_parser("export", help="export a pruned directory for an inference engine (" + ", ".join(
+        f"{e.name}: {'a copy' if e.is_checkpoint else e.engine}" for e in EXPORTERS.values()) + ")")
     ex.add_argument("directory", help="a directory written by `secateurs prune`")
-    ex.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
-    ex.add_argument("--out", required=True, help="the file (gguf) or directory (hf, nemotron-nas) to write")
-    ex.add_argument("--gguf-type", default="f32", help=f"GGUF tensor type: {', '.join(GGUF_TYPES)} (default f32)")
+    ex.add_argument("--format", required=True, help=f"one of {', '.join(EXPORTERS)}")
+    files = [e.name for e in EXPORTERS.values() if e.writes_file]
+    directories = [e.name for e in EXPORTERS.values() if not e.writes_file]
+    ex.add_argument("--out", required=True,
+                    help=f"the file ({', '.join(files)}) or directory ({', '.join(directories)}) to write")
+    _add_format_options(ex)
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     pl = sub.add_parser("plan", help="memory and work of a run, from the model's config alone (no weights loaded)")
     pl.add_argument("model", help="a config.json file, model directory, built-in alias or cached hub id")
-    pl.add_argument("--method", required=True, help=f"one of {', '.join(PLAN_METHODS)}")
+    pl.add_argument("--method", required=True, help=f"one of {', '.join(sorted(METHODS))}")
     pl.add_argument("--dtype", default="auto", help="weights' dtype: auto (the config's), float32, bfloat16, float16")
-    pl.add_argument("--windows", type=int, default=64, help="calibration windows (default 64)")
-    pl.add_argument("--seqlen", type=int, default=512, help="window length (default 512)")
-    pl.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward pass")
-    pl.add_argument("--blocks", type=int, default=8, help="blocks a structured search removes (default 8)")
-    pl.add_argument("--domain-windows", type=int, default=64, help="D-Pruner's domain windows (default 64)")
-    pl.add_argument("--dpruner-batch-size", type=int, default=8, help="D-Pruner's windows per update (default 8)")
-    pl.add_argument("--dpruner-steps", type=int, default=1, help="D-Pruner's epochs (default 1)")
+    pl.add_argument("--windows", type=int, default=CALIBRATION_SAMPLES, help=f"calibration windows (default {CALIBRATION_SAMPLES})")
+    pl.add_argument("--seqlen", type=int, default=CALIBRATION_SEQLEN, help=f"window length (default {CALIBRATION_SEQLEN})")
+    pl.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
+    pl.add_argument("--blocks", type=int, default=PLAN_BLOCKS, help=f"blocks a structured search removes (default {PLAN_BLOCKS})")
+    pl.add_argument("--domain-windows", type=int, default=CALIBRATION_SAMPLES,
+                    help=f"D-Pruner's domain windows (default {CALIBRATION_SAMPLES})")
+    pl.add_argument("--dpruner-batch-size", type=int, default=DPRUNER_UPDATE_BATCH,
+                    help=f"D-Pruner's windows per update (default {DPRUNER_UPDATE_BATCH})")
+    pl.add_argument("--dpruner-steps", type=int, default=DPRUNER_EPOCHS, help=f"D-Pruner's epochs (default {DPRUNER_EPOCHS})")
     pl.add_argument("--gpus", type=int, default=0, help="GPUs the run would use (the windows divide over them)")
     pl.add_argument("--gpu-memory", help="memory of each GPU, e.g. 80GB: says whether the run fits")
     pl.add_argument("--tflops", type=float, help="sustained TFLOP/s of one device, for a time estimate")
@@ -207,8 +233,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
             check_output_path(path, args.overwrite)
     ppl, tasks = list(args.ppl or []), list(args.tasks)
     if args.suite:
-        ppl += [p for p in SUITES[args.suite]["ppl"] if p not in ppl]
-        tasks += [t for t in SUITES[args.suite]["tasks"] if t not in tasks]
+        ppl += [p for p in SUITES[args.suite].ppl if p not in ppl]
+        tasks += [t for t in SUITES[args.suite].tasks if t not in tasks]
     if not ppl and not tasks and not args.speed:
         ppl = ["wikitext2"]
     speed = {"batch_size": 1, "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens} if args.speed else None
@@ -234,15 +260,16 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
-def _print_unstructured(report: dict) -> None:
-    sparsity = report["sparsity"]
-    print(f"{report['method']}: {report['details']['pattern']}; achieved {100 * sparsity['over_pruned_matrices']:.2f}% "
+def _print_unstructured(report: UnstructuredReport) -> None:
+    sparsity = report.sparsity
+    print(f"{report.method}: {report.details['pattern']}; achieved {100 * sparsity['over_pruned_matrices']:.2f}% "
           f"of the pruned matrices, {100 * sparsity['over_all_parameters']:.2f}% of all parameters")
-    for name, ev in report["evaluation"].items():
-        print(f"{name} PPL {ev['dense_ppl']:.3f} -> {ev['pruned_ppl']:.3f}")
+    for name, ev in report.evaluation.items():
+        print(f"{name} PPL {ev.dense_ppl:.3f} -> {ev.pruned_ppl:.3f}")
 
 
-RECIPE_COMPANIONS = {"--recipe", "--out", "--overwrite", "-q", "--quiet", "--format", "--gguf-type"}  # flags allowed with --recipe
+RECIPE_COMPANIONS = {"--recipe", "--out", "--overwrite", "-q", "--quiet", "--format",  # flags allowed with --recipe
+                     *(flag_of(f) for _, f in option_fields())}
 
 
 def _recipe_spec(args: argparse.Namespace, output: OutputSpec) -> RunSpec:
@@ -257,7 +284,7 @@ def _recipe_spec(args: argparse.Namespace, output: OutputSpec) -> RunSpec:
 
 def _cmd_prune(args: argparse.Namespace) -> None:
     output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv], format=args.format,
-                        gguf_type=args.gguf_type)
+                        **_format_option_values(args))
     if args.recipe:
         result = run_spec(_recipe_spec(args, output))
         if result.main:
@@ -276,22 +303,23 @@ def _cmd_prune(args: argparse.Namespace) -> None:
         _report_prune(result.report, args.out)
 
 
-def _report_prune(report: dict, out: str | None) -> None:
-    if report["kind"] == "unstructured":
+def _report_prune(report: Report, out: str | None) -> None:
+    if isinstance(report, UnstructuredReport):
         _print_unstructured(report)
     else:
-        print(f"{report['method']}: removed {', '.join(report['removal_order'])} (in this order)")
+        print(f"{report.method}: removed {', '.join(report.removal_order)} (in this order)")
         print(render_comparison(report))
     if out:
-        engine = report.get("engine_export")
-        also = f", {INSIDE_PRUNED_DIRECTORY[engine['format']]} for {ENGINES[engine['format']]}" if engine else ""
+        engine = report.outputs.engine_export
+        exporter = get_exporter(engine["format"]) if engine else None
+        also = f", {exporter.inside_pruned_directory} for {exporter.engine}" if exporter else ""
         print(f"wrote {out} (model{also}, recipe.yaml, report.json, report.md)")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    record = export(args.directory, args.format, args.out, gguf_type=args.gguf_type, overwrite=args.overwrite)
+    record = export(args.directory, args.format, args.out, overwrite=args.overwrite, **_format_option_values(args))
     details = f" ({record['architecture']}, {record.get('gguf_type', record['format'])}, {record['layers']} layers)" \
-        if args.format != "hf" else ""
+        if not get_exporter(args.format).is_checkpoint else ""
     print(f"wrote {args.out}{details}")
 
 
@@ -307,12 +335,12 @@ def _cmd_plan(args: argparse.Namespace) -> None:
         dtype = str(saved).removeprefix("torch.") if saved is not None else "float32"
     if dtype not in DTYPES:
         raise SecateursError(f"unknown dtype '{dtype}'; choose one of auto, {', '.join(DTYPES)}")
-    shape = RunShape(args.method, windows=args.windows, seqlen=args.seqlen, batch_size=args.batch_size,
-                     dtype_bytes=DTYPES[dtype].itemsize, blocks=args.blocks, domain_windows=args.domain_windows,
-                     update_batch_size=args.dpruner_batch_size, epochs=args.dpruner_steps)
+    shape = run_shape(args.method, windows=args.windows, seqlen=args.seqlen, batch_size=args.batch_size,
+                      dtype_bytes=DTYPES[dtype].itemsize, blocks=args.blocks, domain_windows=args.domain_windows,
+                      update_batch_size=args.dpruner_batch_size, epochs=args.dpruner_steps)
     plan = make_plan(config, shape)
     if args.json:
-        print(json.dumps({"model": args.model, "shape": shape.__dict__, "dtype": dtype, **plan.as_dict()}, indent=2))
+        print(json.dumps({"model": args.model, "shape": dataclasses.asdict(shape), "dtype": dtype, **plan.as_dict()}, indent=2))
     else:
         print(render(plan, args.model, shape, args.gpus, gpu_memory, args.tflops, args.gpu_memory or ""))
 
@@ -333,6 +361,9 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_methods(args: argparse.Namespace) -> None:
     for m in list_methods():
         print(f"{m['name']:<19} {m['kind']:<12} {m['options']:<20} {m['summary']}")
+        budget = f"--max-memory decides its {m['max_memory']}" if m["max_memory"] else "no --max-memory"
+        print(f"{'':<19} memory: {m['memory']}; {budget}" + ("; --offload disk streams its weights"
+                                                               if m["streams_weights"] else ""))
 
 
 def _silence_transformers() -> None:
@@ -359,11 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except SecateursError as exc:
-        rank = os.environ.get("RANK", "0")  # under torchrun, rank 0's line is the one to read
-        print(f"error: {exc}" if rank == "0" else f"error (rank {rank}): {exc}", file=sys.stderr)
+        launch = Ranks.of_launch()  # under torchrun, rank 0's line is the one to read
+        print(f"error: {exc}" if launch.main else f"error (rank {launch.rank}): {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Terminated:
-        why = (" by torchrun: another process of the run failed" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "")
+        why = " by torchrun: another process of the run failed" if Ranks.of_launch().world > 1 else ""
         print(f"terminated (SIGTERM{why}); nothing half-written was left behind", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:

@@ -65,6 +65,12 @@ class Ranks:
         return local
 
     @classmethod
+    def of_launch(cls) -> "Ranks":
+        """This process's rank as torchrun set it (``RANK``, ``WORLD_SIZE``), without joining the process
+        group: for what is said before the group exists or after it failed (which process prints)."""
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+    @classmethod
     def from_environment(cls, device: torch.device) -> "Ranks":
         """The ranks torchrun set up (``WORLD_SIZE`` > 1), with the process group joined; else one process."""
         world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -64,6 +64,13 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse, before any work, an output that exists (without ``overwrite``) or cannot be written."""
     path = Path(path)
+    here = Path.cwd().resolve()
+    if path.absolute().name in ("", ".", "..") or path.resolve() in (here, *here.parents):
+        raise SecateursError(f"cannot write to {path}: name a new file or directory for the output (an output "
+                             "replaces what is there, and the current or a parent directory cannot be replaced)")
+    if path.is_symlink() and not path.exists():
+        raise SecateursError(f"output {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                             "remove the link or name another path")
     if path.exists() and not overwrite:
         raise SecateursError(f"output {path} already exists; pass --overwrite to replace it")
     ancestor = path.absolute().parent
@@ -121,6 +128,33 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
         match = pattern.match(entry.name)
         if match and not _alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+WORK_PREFIX = "secateurs-"  # work directories: secateurs-<kind>-<host>.<pid>.<random>
+
+
+def work_directory(kind: str, parent: str | os.PathLike | None = None) -> Path:
+    """A new private directory for a run's work (offloaded weights or activations) in ``parent`` (default:
+    the system's temporary directory), named after this host and process; work directories that processes
+    of this host left behind (killed, rebooted) and that no longer run are removed first."""
+    root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    try:
+        remove_stale_work(root)
+        return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{kind}-{_host()}.{os.getpid()}.", dir=root))
+    except OSError as exc:
+        raise SecateursError(f"cannot create an offload directory in {root}: {exc.strerror or exc}") from exc
+
+
+def remove_stale_work(root: Path) -> list[Path]:
+    """Remove the work directories in ``root`` whose process, on this host, no longer runs."""
+    pattern = re.compile(rf"^{re.escape(WORK_PREFIX)}[a-z]+-{re.escape(_host())}\.(\d+)\.[A-Za-z0-9_]+$")
+    removed = []
+    for entry in root.iterdir() if root.is_dir() else []:
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
 
@@ -198,18 +232,30 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old.tmp")
         with _locked(path.parent), _signals_held():
             check_output_path(path, overwrite)  # another writer may have created it meanwhile
-            if path.exists():
-                os.replace(path, old)
             try:
-                os.replace(tmp, path)
-            except BaseException:
-                if old.exists() and not path.exists():
-                    os.replace(old, path)  # put the previous output back
-                raise
-        shutil.rmtree(old, ignore_errors=True)
+                if path.exists() or path.is_symlink():
+                    os.replace(path, old)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    if os.path.lexists(old) and not os.path.lexists(path):
+                        os.replace(old, path)  # put the previous output back
+                    raise
+            except OSError as exc:
+                raise _write_error(path, exc) from exc
+        _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove what an output replaced: a directory tree, a file or a link (nothing if it is gone)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 @dataclass

@@ -15,7 +15,6 @@ residual stream entering a layer) on the device, in CPU memory or in a :class:`D
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ import numpy as np
 import torch
 
 from .errors import SecateursError
-from .files import check_free_space
-from .options import option
+from .files import check_free_space, work_directory
+from .options import Options, option
 
 # numpy has no bfloat16: such tensors are stored as their raw 16 bits and viewed back
 _STORAGE = {torch.float32: (np.float32, None), torch.float16: (np.float16, None),
@@ -35,12 +34,8 @@ _STORAGE = {torch.float32: (np.float32, None), torch.float16: (np.float16, None)
 class DiskTensors:
     """A temporary, private store of named tensors on disk (``directory``: where; default the system's)."""
 
-    def __init__(self, directory: str | Path | None = None, prefix: str = "secateurs-offload-"):
-        try:
-            self.root = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
-        except OSError as exc:
-            raise SecateursError(f"cannot create an offload directory in {directory or tempfile.gettempdir()}: "
-                                 f"{exc.strerror or exc}") from exc
+    def __init__(self, directory: str | Path | None = None, kind: str = "offload"):
+        self.root = work_directory(kind, directory)  # a killed run's are removed by the next one
         self._index: dict[str, tuple[str, torch.dtype, tuple[int, ...]]] = {}
 
     def __enter__(self) -> "DiskTensors":
@@ -106,7 +101,7 @@ def parse_bytes(text: str) -> int:
 
 
 @dataclass
-class OffloadOptions:
+class OffloadOptions(Options):
     """Offload: where what waits between decoder layers lives.
 
     A mixin of the options classes whose methods walk the decoder one layer at a time.
@@ -118,14 +113,9 @@ class OffloadOptions:
     offload_dir: str | None = option(None, "directory for what is offloaded to disk (default: the system's "
                                            "temporary directory); removed afterwards")
 
-    def __post_init__(self) -> None:
-        if self.offload not in OFFLOAD:
-            raise SecateursError(f"--offload must be one of {', '.join(OFFLOAD)}, got '{self.offload}'")
-        getattr(super(), "__post_init__", lambda: None)()
-
 
 @dataclass
-class BudgetOption:
+class BudgetOption(Options):
     """Memory budget: what the run may hold, instead of choosing the offload by hand.
 
     A mixin of the options classes whose methods can trade memory for disk or for recomputation.
@@ -138,7 +128,7 @@ class BudgetOption:
     def __post_init__(self) -> None:
         if self.max_memory is not None:
             parse_bytes(self.max_memory)  # a budget that does not parse fails before anything loads
-        getattr(super(), "__post_init__", lambda: None)()
+        super().__post_init__()
 
 
 class ActivationCache:
@@ -152,7 +142,7 @@ class ActivationCache:
             raise SecateursError(f"--offload must be one of {', '.join(OFFLOAD)}, got '{offload}'")
         self.offload, self.device = offload, device
         self._memory: list[torch.Tensor] = []
-        self._disk = DiskTensors(directory, prefix="secateurs-activations-") if offload == "disk" else None
+        self._disk = DiskTensors(directory, kind="activations") if offload == "disk" else None
         self._count = 0
 
     def __enter__(self) -> "ActivationCache":
@@ -190,4 +180,4 @@ class ActivationCache:
         self.close()
         self._count = 0
         if self._disk is not None:
-            self._disk = DiskTensors(self._disk.root.parent, prefix="secateurs-activations-")
+            self._disk = DiskTensors(self._disk.root.parent, kind="activations")

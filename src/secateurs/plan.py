@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .defaults import BATCH_SIZE, CALIBRATION_SAMPLES, CALIBRATION_SEQLEN, DPRUNER_EPOCHS, DPRUNER_UPDATE_BATCH, PLAN_BLOCKS
 from .errors import SecateursError
 from .offload import parse_bytes  # noqa: F401 - `secateurs plan --gpu-memory` reads sizes with it
 from .models.adapter import ModelAdapter
@@ -34,25 +35,52 @@ LAYER_CACHE = "layer input and output cache"  # the sequential pipeline's; --off
 # (measured: benchmarks/README.md, "The plan against measured peaks")
 CPU_RUNTIME_BYTES = int(0.5 * 2**30)
 PREFIX_CACHE = "prefix cache (every block's input)"  # the block search's; --max-memory keeps fewer
-STREAMS_WEIGHTS = ("magnitude", "wanda", "sparsegpt")  # --offload disk leaves their weights in the files
-STRUCTURED = ("blockpruner", "sleb", "ppl", "finercut", "shortgpt", "rm")
-SEQUENTIAL = ("wanda", "sparsegpt", "dpruner")
-METHODS = ("magnitude", *SEQUENTIAL, *STRUCTURED)
+
+# The shapes of work a method can have; each method names its own (``MemoryPolicy.workload``).
+WEIGHTS_ONLY = "weights only"  # magnitude: one matrix's scores at a time, no calibration
+SEQUENTIAL_NORMS = "sequential, input norms"  # Wanda: the layer cache and one layer's input norms
+SEQUENTIAL_HESSIANS = "sequential, Hessians"  # SparseGPT: the layer cache, one layer's Hessians, OBS
+DOMAIN_TRAINING = "sequential, then domain training"  # D-Pruner: SparseGPT's pass, then S, G and training
+BLOCK_SEARCH = "block search"  # BlockPruner and the searches: the prefix cache and one batch's logits
+LAYER_STATISTIC = "layer statistic"  # ShortGPT, RM: one pass, a layer at a time, over the layer cache
+WORKLOADS = (WEIGHTS_ONLY, SEQUENTIAL_NORMS, SEQUENTIAL_HESSIANS, DOMAIN_TRAINING, BLOCK_SEARCH, LAYER_STATISTIC)
+OFFLOAD_CHOSEN = "offload"  # --max-memory chooses --offload from the plan
+PREFIX_CACHE_KEPT = "prefix cache"  # --max-memory decides how many of the prefix cache's layer inputs are kept
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    """What a method holds and what it can trade for memory: each method class declares one.
+
+    ``workload``: the shape of its work, for `secateurs plan`. ``streams_weights``: with ``--offload
+    disk`` its weights stay in their safetensors files, one layer in memory at a time. ``budget``: what
+    ``--max-memory`` decides for it (None: it takes no budget). Whether it takes ``--offload`` at all is
+    its options class's to say (``offload.OffloadOptions``); the registry checks that the two agree.
+    """
+
+    workload: str
+    streams_weights: bool = False
+    budget: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS or self.budget not in (None, OFFLOAD_CHOSEN, PREFIX_CACHE_KEPT):
+            raise ValueError(f"unknown memory policy {self}")
 
 
 @dataclass
 class RunShape:
     """The sizes that decide a run's memory and work (what ``secateurs prune`` would be given)."""
 
-    method: str
-    windows: int = 64  # calibration windows
-    seqlen: int = 512
-    batch_size: int = 4
+    method: str  # its name, as the plan shows it
+    memory: MemoryPolicy  # the method's (registry.run_shape fills it in from the method's name)
+    windows: int = CALIBRATION_SAMPLES  # calibration windows
+    seqlen: int = CALIBRATION_SEQLEN
+    batch_size: int = BATCH_SIZE
     dtype_bytes: int = FLOAT32
-    blocks: int = 8  # blocks the structured search removes (its steps)
-    domain_windows: int = 64  # D-Pruner
-    update_batch_size: int = 8  # D-Pruner
-    epochs: int = 1  # D-Pruner's --dpruner-steps
+    blocks: int = PLAN_BLOCKS  # blocks the structured search removes (its steps)
+    domain_windows: int = CALIBRATION_SAMPLES  # D-Pruner
+    update_batch_size: int = DPRUNER_UPDATE_BATCH  # D-Pruner
+    epochs: int = DPRUNER_EPOCHS  # D-Pruner's --dpruner-steps
     general_bytes: int = 2  # D-Pruner's G (bfloat16)
 
 
@@ -125,9 +153,8 @@ def _linear_shapes(adapter: ModelAdapter, layer: int) -> list[tuple[int, int]]:
 
 
 def make_plan(config: Any, shape: RunShape) -> Plan:
-    if shape.method not in METHODS:
-        raise SecateursError(f"unknown method '{shape.method}' for a plan; choose {', '.join(METHODS)}")
     adapter = meta_adapter(config)
+    workload = shape.memory.workload
     dims = adapter.dimensions()
     layers = adapter.num_layers
     params = adapter.total_num_params()
@@ -141,17 +168,20 @@ def make_plan(config: Any, shape: RunShape) -> Plan:
     parts = {"weights": params * b}
     passes: dict[str, float] = {}
     notes: list[str] = []
-    if shape.method in SEQUENTIAL:
+    if workload in (SEQUENTIAL_NORMS, SEQUENTIAL_HESSIANS, DOMAIN_TRAINING, LAYER_STATISTIC):
         parts[LAYER_CACHE] = 2 * tokens * stream
         parts["one layer's forward"] = batch_tokens * forward
+    if workload in (SEQUENTIAL_NORMS, SEQUENTIAL_HESSIANS, DOMAIN_TRAINING):
         shapes = _linear_shapes(adapter, 0)  # every layer has the same projections
-        if shape.method == "wanda":
+        if workload == SEQUENTIAL_NORMS:
             parts["statistics (input norms)"] = sum(cols for _, cols in shapes) * FLOAT32
         else:  # SparseGPT / D-Pruner's general step: one Hessian per projection of the layer, + OBS workspace
             parts["statistics (Hessians)"] = sum(cols * cols for _, cols in shapes) * FLOAT32
             parts["OBS workspace"] = 2 * max(cols for _, cols in shapes) ** 2 * FLOAT32
         passes["calibration"] = 3.0  # capture, each layer on the cache for statistics, again to propagate
-    if shape.method == "dpruner":  # the domain step is the peak (the general step's is the part above)
+    if workload == LAYER_STATISTIC:
+        passes["statistics"] = 1.0  # capture, then each layer once on the cache
+    if workload == DOMAIN_TRAINING:  # the domain step is the peak (the general step's is the part above)
         general_step = parts
         domain_tokens = shape.update_batch_size * shape.seqlen
         chunk = min(domain_tokens, LOSS_CHUNK_TOKENS)
@@ -172,26 +202,26 @@ def make_plan(config: Any, shape: RunShape) -> Plan:
                      f"{params * b / GIB:.2f} GiB of free disk in the offload directory")
         # each update: forward + backward (about 3 forward passes) for S, and again for the update itself
         passes["domain (forward + backward = 3 forward passes each)"] = 3.0 * max(1, shape.epochs) * (2 if shape.epochs else 1)
-    if shape.method in STRUCTURED:
+    if workload == BLOCK_SEARCH:
         parts[PREFIX_CACHE] = (2 * layers + 1) * tokens * stream
         parts["one batch's forward"] = batch_tokens * forward
         parts["logits of one batch"] = logits
         candidates = sum(2 * layers - k for k in range(shape.blocks))
         passes["search (naive bound; the fast search does about half)"] = float(candidates)
-    if shape.method == "magnitude":
+    if workload == WEIGHTS_ONLY:
         parts["one matrix's scores"] = max(rows * cols for rows, cols in _linear_shapes(adapter, 0)) * FLOAT32
     offloaded = None
-    if shape.method in STREAMS_WEIGHTS:  # one layer's weights, the embeddings or head while they run, one batch
+    if shape.memory.streams_weights:  # one layer's weights, the embeddings or head while they run, one batch
         layer_weights = sum(p.numel() for p in adapter.layers[0].parameters()) * b
         ends = max(sum(p.numel() for p in m.parameters()) for m in (adapter.embeddings, adapter.lm_head)) * b
         offloaded = {"one decoder layer's weights": layer_weights, "embeddings or LM head (read while they run)": ends}
-        if shape.method != "magnitude":
+        if workload != WEIGHTS_ONLY:
             offloaded["one batch of the layer cache (in and out)"] = 2 * batch_tokens * stream
         offloaded.update({k: v for k, v in parts.items() if k not in ("weights", LAYER_CACHE)})
     flops_per_token = 2 * params + 2 * 2 * layers * shape.seqlen * dims.heads * dims.head_dim  # matmuls + attention
     flops = flops_per_token * sum(
         n * (shape.domain_windows * shape.seqlen if "domain" in what else tokens) for what, n in passes.items())
-    if shape.method in ("sparsegpt", "dpruner"):  # OBS per projection: about 2 rows x columns^2 (the updates)
+    if workload in (SEQUENTIAL_HESSIANS, DOMAIN_TRAINING):  # OBS per projection: about 2 rows x columns^2 (the updates)
         flops += layers * sum(2 * rows * cols * cols for rows, cols in _linear_shapes(adapter, 0))
     return Plan(params, targets, parts, passes, float(flops), notes, offloaded, layers)
 
@@ -232,7 +262,7 @@ def choose_division(layers: int, steps: int, world: int, batches: int) -> str:
 
 def parallel_speedup(plan: Plan, shape: RunShape, world: int) -> float:
     """The speed-up of a run on ``world`` processes: the search's cost model, or the windows dealt evenly."""
-    if shape.method in STRUCTURED:
+    if shape.memory.workload == BLOCK_SEARCH:
         batches = math.ceil(shape.windows / shape.batch_size)
         divide = choose_division(plan.layers, shape.blocks, world, batches)
         return search_speedup(plan.layers, shape.blocks, world, divide, batches)
@@ -301,7 +331,7 @@ def render(plan: Plan, model: str, shape: RunShape, gpus: int = 0, gpu_memory: i
         if gpus > 1:
             speedup = parallel_speedup(plan, shape, gpus)
             lines.append(f"  on {gpus} GPUs (torchrun): about {_duration(seconds / speedup)}, {speedup:.1f}x by the cost "
-                         "model (" + (_search_division_text(plan, shape, gpus) if shape.method in STRUCTURED else
+                         "model (" + (_search_division_text(plan, shape, gpus) if shape.memory.workload == BLOCK_SEARCH else
                                       "the calibration windows are dealt over the processes)"))
     lines += [f"note: {n}" for n in plan.notes]
     lines.append(f"note: on the CPU the process itself holds about {CPU_RUNTIME_BYTES / GIB:.1f} GiB more (Python, "

@@ -13,6 +13,7 @@ from ..files import sha256_file
 from .readers import (
     Document,
     DocumentSet,
+    check_utf8,
     load_file,
     read_jsonl,
     read_jsonl_rows,
@@ -237,6 +238,7 @@ def check_source(spec: str, data_dir: str | os.PathLike | None = None) -> None:
     if path is not None:
         if not path.is_file():
             raise SecateursError(f"data file not found: {path}")
+        check_utf8(path)
         return
     root = resolve_data_dir(data_dir)
     if root is None:

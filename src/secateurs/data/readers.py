@@ -70,29 +70,48 @@ def _missing(path: Path) -> SecateursError:
     return SecateursError(f"data file not found: {path} (is the data directory right?)")
 
 
+def check_utf8(path: Path) -> None:
+    """Fail, naming the file and line, if ``path`` is not UTF-8 text (read as bytes, a line at a time)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SecateursError(f"{path}:{number}: not UTF-8 text (byte 0x{line[exc.start]:02x} at column "
+                                     f"{exc.start + 1}); save the file as UTF-8") from exc
+
+
+def _text_lines(path: Path) -> Iterable[str]:
+    """The lines of a UTF-8 text file; a file that is not UTF-8 is one error naming the line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            yield from handle
+    except UnicodeDecodeError:
+        check_utf8(path)  # names the first line that is not UTF-8
+        raise
+
+
 def read_lines(path: Path, prefix: str = "") -> list[Document]:
     """One document per line, empty lines included (as Hugging Face's WikiText rows)."""
     if not path.is_file():
         raise _missing(path)
-    with open(path, encoding="utf-8") as handle:
-        return [Document(f"{prefix}{i}", line.rstrip("\n")) for i, line in enumerate(handle)]
+    return [Document(f"{prefix}{i}", line.rstrip("\n")) for i, line in enumerate(_text_lines(path))]
 
 
 def read_jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
     """Yield (line number, row), with a clear error naming the file and line for bad JSON."""
     if not path.is_file():
         raise _missing(path)
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SecateursError(f"{path}:{number}: malformed JSON: {exc.msg} at column {exc.colno}") from exc
-            if not isinstance(row, dict):
-                raise SecateursError(f"{path}:{number}: expected a JSON object per line")
-            yield number, row
+    for number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SecateursError(f"{path}:{number}: malformed JSON: {exc.msg} at column {exc.colno}") from exc
+        if not isinstance(row, dict):
+            raise SecateursError(f"{path}:{number}: expected a JSON object per line")
+        yield number, row
 
 
 def read_jsonl(

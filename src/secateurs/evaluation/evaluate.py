@@ -1,4 +1,5 @@
-"""``evaluate``: perplexity, tasks and speed of one model, with the protocol of every number."""
+"""``evaluate``: perplexity, tasks and speed of one model, with the protocol of every number, and the
+averages the suites declare (:mod:`.suites`) over the tasks run."""
 
 from __future__ import annotations
 
@@ -8,37 +9,20 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..data import token_windows
+from ..defaults import BATCH_SIZE, PAPER_SEQLEN
 from ..distributed import Ranks
 from ..errors import SecateursError
 from ..options import build
 from ..models.loading import LoadedModel, load_model, resolve_device
-from .perplexity import DEFAULT_BATCH_SIZE, perplexity
+from .perplexity import perplexity
 from .scoring import run_task
 from ..reporting.provenance import environment
 from .speed import measure_speed
-from .tasks import PAPER_TASKS, TASKS, load_task
+from .suites import averages
+from .tasks import load_task
 from ..resources import dtype_name
 
-PAPER_SEQLEN = 2048
 BACKENDS = ("builtin", "lm-eval")
-
-
-def paper_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
-    """The pruning papers' zero-shot average: acc_norm for PIQA/HellaSwag/ARC, acc for WinoGrande."""
-    if not all(name in tasks for name in PAPER_TASKS):
-        return None
-    values = {name: tasks[name]["metrics"][TASKS[name].paper_metric] for name in PAPER_TASKS}
-    return {"average": sum(values.values()) / len(values), "per_task": values,
-            "metrics": {name: TASKS[name].paper_metric for name in PAPER_TASKS}}
-
-
-def legalbench_average(tasks: dict[str, Any]) -> dict[str, Any] | None:
-    """Macro average of acc and balanced acc over the LegalBench tasks that were run."""
-    legal = {name: res["metrics"] for name, res in tasks.items() if name.startswith("legalbench:")}
-    if not legal:
-        return None
-    return {"tasks": sorted(legal), **{key: sum(m[key] for m in legal.values()) / len(legal)
-                                       for key in ("acc", "balanced_acc")}}
 
 
 @dataclass
@@ -50,7 +34,7 @@ class EvalSettings:
 
     seqlen: int = PAPER_SEQLEN  # perplexity window length
     max_windows: int | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int = BATCH_SIZE
     data_dir: str | os.PathLike | None = None
     text_field: str = "text"
     limit: int | None = None  # first N rows of each task (the harness's rule)
@@ -122,12 +106,10 @@ def evaluate(
         "batch_size": s.batch_size,
         "processes": ranks.world,
     }
-    average = paper_average(task_results)
-    if average is not None:
-        result["paper_average"] = average
-    legal = legalbench_average(task_results)
-    if legal is not None:
-        result["legalbench_macro_average"] = legal
+    for average in averages():  # every declared average whose tasks were run
+        value = average.compute(task_results)
+        if value is not None:
+            result[average.key] = value
     if s.speed is not None and ranks.main:  # one process measures: several would share the device
         result["speed"] = measure_speed(model.model, **s.speed)
     result.update(timings=timings, environment=environment())

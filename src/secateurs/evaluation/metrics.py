@@ -1,11 +1,18 @@
 """Task metrics with lm-evaluation-harness's definitions: accuracy and its standard error, macro F1,
-balanced accuracy, ROUGE."""
+balanced accuracy, ROUGE.
+
+``METRICS`` holds, per task kind, the metrics a task of that kind may name: a multiple-choice task's
+are computed from its choices, a generation task's from its predicted and reference texts.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Callable
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
 
 def mean_stderr(values: list[float]) -> float:
     """The harness's standard error: sample standard deviation / sqrt(n)."""
@@ -34,12 +41,13 @@ def balanced_accuracy(golds: list[int], preds: list[int]) -> float:
     return sum(recalls) / len(recalls)
 
 
-def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measure (Google's rouge-score package, with stemming)."""
+def rouge_scores(predictions: list[str], references: list[str],
+                 types: tuple[str, ...] = ROUGE_TYPES) -> dict[str, float]:
+    """Mean ROUGE F-measure of each of ``types`` (Google's rouge-score package, with stemming)."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
+    totals = {key: 0.0 for key in types}
     for pred, ref in zip(predictions, references):
         for key, score in scorer.score(ref, pred).items():
             totals[key] += score.fmeasure
@@ -61,10 +69,29 @@ def _accuracy(key: str, golds: list[int], preds: list[int]) -> dict[str, float]:
     return {key: sum(hits) / len(hits), f"{key}_stderr": mean_stderr(hits)}
 
 
-# A task names its metrics; each computes its values from the choices (the harness's definitions).
+# A multiple-choice task names its metrics; each computes its values from the choices (the harness's definitions).
 CHOICE_METRICS: dict[str, Callable[[Choices], dict[str, float]]] = {
     "acc": lambda c: _accuracy("acc", c.golds, c.preds),
     "acc_norm": lambda c: _accuracy("acc_norm", c.golds, c.preds_norm),
     "macro_f1": lambda c: {"macro_f1": macro_f1(c.golds, c.preds, c.classes)},
     "balanced_acc": lambda c: {"balanced_acc": balanced_accuracy(c.golds, c.preds)},
 }
+
+
+@dataclass
+class Generations:
+    """A generation task's outcome: each item's predicted and reference text."""
+
+    predictions: list[str]
+    references: list[str]
+
+
+# A generation task names its metrics; each computes its value from the texts.
+GENERATION_METRICS: dict[str, Callable[[Generations], dict[str, float]]] = {
+    "rouge1": lambda g: rouge_scores(g.predictions, g.references, ("rouge1",)),
+    "rouge2": lambda g: rouge_scores(g.predictions, g.references, ("rouge2",)),
+    "rougeL": lambda g: rouge_scores(g.predictions, g.references, ("rougeL",)),
+}
+
+MULTIPLE_CHOICE, GENERATION = "multiple_choice", "generation"  # the task kinds
+METRICS: dict[str, dict[str, Callable]] = {MULTIPLE_CHOICE: CHOICE_METRICS, GENERATION: GENERATION_METRICS}

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import TokenWindows
+from ..defaults import BATCH_SIZE
 from ..distributed import Ranks
 from ..models.adapter import ModelAdapter
-from ..models.capture import capture_layer_inputs, next_layer, run_layer_on_all
-from ..offload import ActivationCache
+from ..models.walk import LayerWalk
+from ..offload import OffloadOptions
 from ..resources import device_of, dtype_name
 from ..errors import SecateursError
 
-DEFAULT_BATCH_SIZE = 4
 
 
 def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
 def window_nlls(
     model: torch.nn.Module,
     windows: TokenWindows,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     desc: str = "perplexity",
     ranks: Ranks = Ranks(),
@@ -56,37 +56,30 @@ def window_nlls(
 
 
 @torch.no_grad()
-def layerwise_window_nlls(adapter: ModelAdapter, windows: TokenWindows, batch_size: int = DEFAULT_BATCH_SIZE,
-                          progress: bool = True, cache_at: str = "disk", cache_dir: str | None = None) -> torch.Tensor:
+def layerwise_window_nlls(adapter: ModelAdapter, windows: TokenWindows, batch_size: int = BATCH_SIZE,
+                          progress: bool = True, offload: OffloadOptions | None = None) -> torch.Tensor:
     """The NLLs of :func:`window_nlls`, computed one decoder layer at a time over every window.
 
     For streamed weights (models/streaming.py): one layer's weights are in memory at a time, and the
-    residual stream of all windows waits between layers where ``cache_at`` says (an ActivationCache).
-    Bit-identical to the whole-model pass (a test).
+    residual stream of all windows waits between layers where ``offload`` says (default: on disk, in
+    the system's temporary directory). Bit-identical to the whole-model pass (a test).
     """
-    device = adapter.device
     mine = adapter.ranks.share(windows.input_ids.split(batch_size))
-    batches = [ids for _, ids in mine]
-    def cache() -> ActivationCache:
-        return ActivationCache(cache_at, device, cache_dir)
-
-    inputs = capture_layer_inputs(adapter, [ids.to(device) for ids in batches], cache())
-    try:
-        for index in tqdm(range(adapter.num_layers), desc="perplexity", unit="layer", disable=not progress, leave=False):
-            with next_layer(inputs, cache) as out, adapter.weights.onloaded(adapter.layers[index]):
-                run_layer_on_all(adapter, index, inputs, out)
+    offload = OffloadOptions(offload="disk") if offload is None else offload
+    with LayerWalk(adapter, [ids for _, ids in mine], offload, progress=progress, desc="perplexity",
+                   leave=False) as walk:
+        for layer in walk:
+            layer.run()
         with adapter.weights.onloaded(adapter.final_norm, adapter.lm_head):
             out = {index: next_token_nll(adapter.logits(hidden), ids).cpu()
-                   for (index, ids), hidden in zip(mine, inputs.hidden)}
-        return torch.cat(adapter.ranks.merge(out))
-    finally:
-        inputs.hidden.close()
+                   for (index, ids), hidden in zip(mine, walk.hidden)}
+    return torch.cat(adapter.ranks.merge(out))
 
 
 def perplexity(
     model: torch.nn.Module,
     windows: TokenWindows,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     adapter: ModelAdapter | None = None,
     ranks: Ranks | None = None,

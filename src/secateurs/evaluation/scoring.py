@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..compat import cache_keyword, output_cache
-from .metrics import CHOICE_METRICS, Choices, rouge_scores
-from .tasks import MEQSUM_MAX_NEW_TOKENS, Item
+from .metrics import CHOICE_METRICS, GENERATION, GENERATION_METRICS, Choices, Generations
+from .tasks import Item
 from ..distributed import Ranks
 from ..resources import device_of
 
@@ -107,13 +107,14 @@ def _padded(model: torch.nn.Module, tokenizer: Any, item: Item) -> list[float]:
 
 
 @torch.no_grad()
-def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
-    """Greedy continuation of ``prompt``, cut at the first newline."""
+def generate_greedy(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int,
+                    first_line: bool = True) -> str:
+    """Greedy continuation of ``prompt``, stripped, and cut at the first newline (``first_line``)."""
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device_of(model))
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    return text.strip().split("\n")[0].strip()
+    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return text.split("\n")[0].strip() if first_line else text
 
 
 def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True,
@@ -129,13 +130,17 @@ def run_task(model: torch.nn.Module, tokenizer: Any, data, progress: bool = True
     ranks.check_enough(len(data.items), f"rows of {task.name}")
     mine = ranks.share(data.items)
     rows = tqdm([item for _, item in mine], desc=task.name, unit="row", disable=not progress or not ranks.main, leave=False)
-    if task.kind == "generation":
-        preds = ranks.merge({i: generate_greedy(model, tokenizer, item.contexts[0], MEQSUM_MAX_NEW_TOKENS)
+    if task.kind == GENERATION:
+        settings = task.generation
+        preds = ranks.merge({i: generate_greedy(model, tokenizer, item.contexts[0], settings.max_new_tokens,
+                                                settings.first_line)
                              for (i, _), item in zip(mine, rows)})
         if log is not None:
             log.extend({"task": task.name, "id": item.id, "prediction": pred, "reference": item.reference}
                        for item, pred in zip(data.items, preds))
-        return {"metrics": rouge_scores(preds, [i.reference for i in data.items]), "n": len(preds)}
+        texts = Generations(preds, [i.reference for i in data.items])
+        metrics = {key: value for name in task.metrics for key, value in GENERATION_METRICS[name](texts).items()}
+        return {"metrics": metrics, "n": len(preds)}
     if hasattr(scorer, "score_all"):  # the harness batches the rows itself
         scores = scorer.score_all(list(rows))
     else:

@@ -2,7 +2,9 @@
 
 All prompts live here, in one place (the README shows them). A multiple-choice item is a list of
 (context, continuation) requests, one per choice; the score of a choice is the log-probability of its
-continuation given its context.
+continuation given its context. A task declares its kind, its metrics (from :mod:`.metrics`) and, for a
+generation task, how to generate. To add a task: define it below and list it in ``TASKS``. LegalBench's
+sub-tasks (``legalbench:<task>``) are made on demand from its data file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable
 from ..data import DATA_FILES, legalbench_label, read_jsonl_rows, resolve_data_dir
 from ..errors import SecateursError
 from ..files import sha256_file
+from .metrics import GENERATION, METRICS, MULTIPLE_CHOICE
 
 
 @dataclass
@@ -37,15 +40,35 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """How a generation task generates: greedily, up to ``max_new_tokens``, kept whole or cut at the first line."""
+
+    max_new_tokens: int
+    first_line: bool = True
+
+
+@dataclass(frozen=True)
 class Task:
+    """One task: where its rows are, how a row becomes an item, what it measures. Checked on creation."""
+
     name: str
     file: str  # relative to the data directory
     kind: str  # multiple_choice | generation
     prompt: str  # shown in the README and recorded in the results
     build: Callable[[dict], Item | None]
-    metrics: tuple[str, ...]
+    metrics: tuple[str, ...]  # names in metrics.METRICS[kind]
     where: Callable[[dict], bool] | None = None
-    paper_metric: str | None = None  # the metric the pruning papers average
+    generation: Generation | None = None  # a generation task's settings
+
+    def __post_init__(self) -> None:
+        if self.kind not in METRICS:
+            raise SecateursError(f"task {self.name}: unknown kind '{self.kind}'; choose {', '.join(METRICS)}")
+        unknown = [m for m in self.metrics if m not in METRICS[self.kind]]
+        if unknown:
+            raise SecateursError(f"task {self.name}: no {self.kind} metric '{unknown[0]}'; "
+                                 f"known: {', '.join(METRICS[self.kind])}")
+        if (self.kind == GENERATION) != (self.generation is not None):
+            raise SecateursError(f"task {self.name}: a generation task, and only one, has generation settings")
 
 
 # --- lm-evaluation-harness formats -------------------------------------------------------------------
@@ -73,9 +96,19 @@ def winogrande_item(row: dict) -> Item:
 
 PUBMEDQA_CHOICES = ["yes", "no", "maybe"]
 MEQSUM_PROMPT = "Summarize the following health question in one sentence.\n\nQuestion: {question}\nSummary:"
-MEQSUM_MAX_NEW_TOKENS = 48
-LEGALBENCH_TASKS = ("overruling", "hearsay", "proa", "abercrombie", "personal_jurisdiction", "diversity_1",
-                    "CUAD_Audit Rights", "CUAD_Governing Law")  # the default legal suite
+QUESTION_ANSWER = "Question: {query}\\nAnswer: {choice}"  # the prompt as shown (PIQA, ARC)
+
+
+def _question_answer(row: dict) -> Item:
+    return _mc(f"Question: {row['query']}\nAnswer:", row["choices"], row["gold"], row["id"])
+
+
+def _hellaswag(row: dict) -> Item:
+    return _mc(hellaswag_preprocess(row["query"]), [hellaswag_preprocess(c) for c in row["choices"]], row["gold"], row["id"])
+
+
+def _query_choice(row: dict) -> Item:
+    return _mc(row["query"], row["choices"], row["gold"], row["id"])
 
 
 def _pubmedqa(row: dict) -> Item:
@@ -88,39 +121,27 @@ def _meqsum(row: dict) -> Item:
                 reference=row["summary"])
 
 
-TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("piqa", DATA_FILES["piqa"], "multiple_choice", "Question: {query}\\nAnswer: {choice}",
-         lambda r: _mc(f"Question: {r['query']}\nAnswer:", r["choices"], r["gold"], r["id"]),
-         ("acc", "acc_norm"), paper_metric="acc_norm"),
-    Task("arc_easy", DATA_FILES["arc_easy"], "multiple_choice", "Question: {query}\\nAnswer: {choice}",
-         lambda r: _mc(f"Question: {r['query']}\nAnswer:", r["choices"], r["gold"], r["id"]),
-         ("acc", "acc_norm"), paper_metric="acc_norm"),
-    Task("arc_challenge", DATA_FILES["arc_challenge"], "multiple_choice", "Question: {query}\\nAnswer: {choice}",
-         lambda r: _mc(f"Question: {r['query']}\nAnswer:", r["choices"], r["gold"], r["id"]),
-         ("acc", "acc_norm"), paper_metric="acc_norm"),
-    Task("hellaswag", DATA_FILES["hellaswag"], "multiple_choice", "{query} {ending} (the harness's cleaning)",
-         lambda r: _mc(hellaswag_preprocess(r["query"]), [hellaswag_preprocess(c) for c in r["choices"]], r["gold"], r["id"]),
-         ("acc", "acc_norm"), paper_metric="acc_norm"),
-    Task("winogrande", DATA_FILES["winogrande"], "multiple_choice",
-         "{sentence up to _}{option} | scored: {rest of the sentence} (partial scoring)",
-         winogrande_item, ("acc",), paper_metric="acc"),
-    Task("openbookqa", DATA_FILES["openbookqa"], "multiple_choice", "{query} {choice}",
-         lambda r: _mc(r["query"], r["choices"], r["gold"], r["id"]), ("acc", "acc_norm"), paper_metric="acc_norm"),
-    Task("pubmedqa", DATA_FILES["pubmedqa"], "multiple_choice",
-         "Abstract: {context}\\nQuestion: {question}\\nAnswer: yes|no|maybe", _pubmedqa, ("acc", "macro_f1"),
-         where=lambda r: r.get("split") == "test"),
-    Task("meqsum", DATA_FILES["meqsum"], "generation", MEQSUM_PROMPT.replace("\n", "\\n") + " (greedy)",
-         _meqsum, ("rouge1", "rouge2", "rougeL")),
-]}
+PIQA = Task("piqa", DATA_FILES["piqa"], MULTIPLE_CHOICE, QUESTION_ANSWER, _question_answer, ("acc", "acc_norm"))
+ARC_EASY = Task("arc_easy", DATA_FILES["arc_easy"], MULTIPLE_CHOICE, QUESTION_ANSWER, _question_answer, ("acc", "acc_norm"))
+ARC_CHALLENGE = Task("arc_challenge", DATA_FILES["arc_challenge"], MULTIPLE_CHOICE, QUESTION_ANSWER, _question_answer,
+                     ("acc", "acc_norm"))
+HELLASWAG = Task("hellaswag", DATA_FILES["hellaswag"], MULTIPLE_CHOICE, "{query} {ending} (the harness's cleaning)",
+                 _hellaswag, ("acc", "acc_norm"))
+WINOGRANDE = Task("winogrande", DATA_FILES["winogrande"], MULTIPLE_CHOICE,
+                  "{sentence up to _}{option} | scored: {rest of the sentence} (partial scoring)", winogrande_item, ("acc",))
+OPENBOOKQA = Task("openbookqa", DATA_FILES["openbookqa"], MULTIPLE_CHOICE, "{query} {choice}", _query_choice,
+                  ("acc", "acc_norm"))
+PUBMEDQA = Task("pubmedqa", DATA_FILES["pubmedqa"], MULTIPLE_CHOICE,
+                "Abstract: {context}\\nQuestion: {question}\\nAnswer: yes|no|maybe", _pubmedqa, ("acc", "macro_f1"),
+                where=lambda r: r.get("split") == "test")
+MEQSUM = Task("meqsum", DATA_FILES["meqsum"], GENERATION, MEQSUM_PROMPT.replace("\n", "\\n") + " (greedy)", _meqsum,
+              ("rouge1", "rouge2", "rougeL"), generation=Generation(max_new_tokens=48, first_line=True))
 
-PAPER_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")  # BlockPruner's five
+TASKS: dict[str, Task] = {t.name: t for t in (
+    PIQA, ARC_EASY, ARC_CHALLENGE, HELLASWAG, WINOGRANDE, OPENBOOKQA, PUBMEDQA, MEQSUM,
+)}
 
-SUITES: dict[str, dict[str, list[str]]] = {
-    "general": {"ppl": ["wikitext2", "c4"], "tasks": ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "openbookqa"]},
-    "paper": {"ppl": ["wikitext2"], "tasks": list(PAPER_TASKS)},
-    "healthcare": {"ppl": ["healthcare:test"], "tasks": ["pubmedqa", "meqsum"]},
-    "legal": {"ppl": ["legal:test"], "tasks": [f"legalbench:{t}" for t in LEGALBENCH_TASKS]},
-}
+LEGALBENCH = "legalbench:"  # legalbench:<task> names one of LegalBench's classification tasks
 
 
 def _legalbench_task(sub: str, labels: list[str]) -> Task:
@@ -131,7 +152,7 @@ def _legalbench_task(sub: str, labels: list[str]) -> Task:
         item.group = sub
         return item
 
-    return Task(f"legalbench:{sub}", DATA_FILES["legalbench"], "multiple_choice", "{text}\\nAnswer: {label}",
+    return Task(f"{LEGALBENCH}{sub}", DATA_FILES["legalbench"], MULTIPLE_CHOICE, "{text}\\nAnswer: {label}",
                 build, ("acc", "balanced_acc"), where=lambda r: r.get("task") == sub and r.get("split") == "test")
 
 
@@ -139,7 +160,7 @@ MAX_LEGAL_LABELS = 6  # LegalBench tasks with more distinct labels are not class
 
 
 def task_names() -> list[str]:
-    return [*TASKS, "legalbench:<task>"]
+    return [*TASKS, f"{LEGALBENCH}<task>"]
 
 
 @dataclass
@@ -161,7 +182,7 @@ def load_task(name: str, data_dir: str | os.PathLike | None, limit: int | None =
         raise SecateursError("tasks are read from the data directory: pass --data-dir or set SECATEURS_DATA")
     path = Path(name)
     if path.suffix == ".jsonl":  # any JSONL in the multiple-choice format
-        task = Task(path.stem, str(path), "multiple_choice", "{query} {choice}",
+        task = Task(path.stem, str(path), MULTIPLE_CHOICE, "{query} {choice}",
                     lambda r: _mc(r["query"], r["choices"], r["gold"], r.get("id", "")), ("acc", "acc_norm"))
         file = path if path.is_absolute() else Path.cwd() / path
     else:
@@ -198,8 +219,8 @@ def load_task(name: str, data_dir: str | os.PathLike | None, limit: int | None =
 def _resolve(name: str, root: Path) -> Task:
     if name in TASKS:
         return TASKS[name]
-    if name.startswith("legalbench:"):
-        sub = name.split(":", 1)[1]
+    if name.startswith(LEGALBENCH):
+        sub = name.removeprefix(LEGALBENCH)
         labels: dict[str, set[str]] = {}
         for _, row in read_jsonl_rows(root / DATA_FILES["legalbench"]):
             labels.setdefault(row.get("task"), set()).add(legalbench_label(row))

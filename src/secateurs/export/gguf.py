@@ -11,12 +11,13 @@ instead (it adds 0).
 Q and K (and their biases, as Qwen2 has) are permuted from Hugging Face's rotate-half rope layout to
 llama.cpp's interleaved one, as llama.cpp's converter does for Llama. The tokenizer is copied from the
 source GGUF when the model came from one (the built-in models do), else built from the Hugging Face
-tokenizer (:mod:`.gguf_tokenizer`).
+tokenizer (:mod:`.gguf_tokenizer`). :class:`GGUFExporter` is the ``gguf`` format of :mod:`.registry`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ import torch
 from ..errors import SecateursError
 from ..files import atomic_file
 from ..models.adapter import Block, ModelAdapter
+from ..models.loading import LoadedModel
+from ..options import Options, option
+from .exporter import Exporter
 from .gguf_tokenizer import from_hf_tokenizer
 from .layers import check_llama_like, kept_layers
 
@@ -36,7 +40,23 @@ GGUF_TYPES = ("f32", "f16", "q8_0")
 GGUF_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 weights and an f16 scale
 ZERO_FFN_WIDTH = 32  # a multiple of every block size we quantise to (q8_0: 32)
 COPIED_PREFIXES = ("tokenizer.",)  # metadata taken over from the source GGUF
-ATTENTION_TENSORS = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}  # llama.cpp's names
+
+# llama.cpp's tensor names (the format's, not the model's); a layer's are blk.{written layer}.{name}.{weight|bias}.
+TOKEN_EMBEDDINGS, OUTPUT_NORM, OUTPUT = "token_embd.weight", "output_norm.weight", "output.weight"
+ATTENTION_NORM, FFN_NORM = "attn_norm", "ffn_norm"
+ATTENTION_TENSORS = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}  # by projection role
+FFN_TENSORS = {"gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
+
+
+def _layer_tensor(layer: int, name: str, kind: str = "weight") -> str:
+    return f"blk.{layer}.{name}.{kind}"
+
+
+@dataclass
+class GGUFOptions(Options):
+    """GGUF export."""
+
+    gguf_type: str = option("f32", "GGUF tensor type", choices=GGUF_TYPES)
 
 
 def _rope_permute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -63,8 +83,8 @@ def _layer_plan(adapter: ModelAdapter) -> list[dict[str, Any]]:
     plan = []
     for kept in kept_layers(adapter, "GGUF"):
         heads = dims.heads if kept.writes_attention else 0
-        width = dims.intermediate if kept.mlp else (ZERO_FFN_WIDTH if heads else 0)
-        plan.append({"layer": kept.layer, "attention": kept.attention, "mlp": kept.mlp, "heads": heads,
+        width = dims.intermediate if kept.has_mlp else (ZERO_FFN_WIDTH if heads else 0)
+        plan.append({"layer": kept.layer, "attention": kept.has_attention, "mlp": kept.has_mlp, "heads": heads,
                      "kv_heads": dims.kv_heads if heads else 0, "ffn": width})
     return plan
 
@@ -90,8 +110,7 @@ def write_gguf(adapter: ModelAdapter, path: str | Path, source_gguf: Path | None
     """
     import gguf
 
-    if gguf_type not in GGUF_TYPES:
-        raise SecateursError(f"unknown --gguf-type '{gguf_type}'; choose {', '.join(GGUF_TYPES)}")
+    GGUFOptions(gguf_type)  # an unknown tensor type fails here
     check_exportable(adapter)
     dims, plan = adapter.dimensions(), _layer_plan(adapter)
     from_source = source_gguf is not None and Path(source_gguf).is_file()
@@ -135,39 +154,39 @@ def write_gguf(adapter: ModelAdapter, path: str | Path, source_gguf: Path | None
             else:
                 writer.add_tensor(tensor_name, gguf.quants.quantize(data, kind), raw_dtype=kind)
 
-        add("token_embd.weight", _tensor(adapter.embeddings.weight))
-        add("output_norm.weight", _tensor(adapter.final_norm.weight), quantise=False)
+        add(TOKEN_EMBEDDINGS, _tensor(adapter.embeddings.weight))
+        add(OUTPUT_NORM, _tensor(adapter.final_norm.weight), quantise=False)
         if not dims.tied:
-            add("output.weight", _tensor(adapter.lm_head.weight))
+            add(OUTPUT, _tensor(adapter.lm_head.weight))
         for n, p in enumerate(plan):
             i = p["layer"]
             if p["heads"]:
                 norm = adapter.norm(Block("mha", i)) if p["attention"] else None
-                add(f"blk.{n}.attn_norm.weight",
+                add(_layer_tensor(n, ATTENTION_NORM),
                     _tensor(norm.weight) if norm is not None else np.ones(dims.hidden, np.float32), quantise=False)
                 for role, rows, heads in (("q", dims.heads, dims.heads), ("k", dims.kv_heads, dims.kv_heads),
                                           ("v", dims.kv_heads, None), ("o", None, None)):
                     linear = adapter.projection(i, role)
                     shape = (rows * dims.head_dim, dims.hidden) if rows else (dims.hidden, dims.heads * dims.head_dim)
                     data = _tensor(linear.weight) if linear is not None else np.zeros(shape, np.float32)
-                    add(f"blk.{n}.{ATTENTION_TENSORS[role]}.weight", _rope_permute(data, heads) if heads else data)
+                    add(_layer_tensor(n, ATTENTION_TENSORS[role]), _rope_permute(data, heads) if heads else data)
                     if biases[role]:  # q/k/v biases (Qwen2) follow their rows' permutation
                         bias = _tensor(linear.bias) if linear is not None else np.zeros(shape[0], np.float32)
-                        add(f"blk.{n}.{ATTENTION_TENSORS[role]}.bias", _rope_permute(bias, heads) if heads else bias,
+                        add(_layer_tensor(n, ATTENTION_TENSORS[role], "bias"), _rope_permute(bias, heads) if heads else bias,
                             quantise=False)
             if p["ffn"]:
                 if p["mlp"]:
-                    add(f"blk.{n}.ffn_norm.weight", _tensor(adapter.norm(Block("mlp", i)).weight), quantise=False)
-                    for role in ("gate", "up", "down"):
+                    add(_layer_tensor(n, FFN_NORM), _tensor(adapter.norm(Block("mlp", i)).weight), quantise=False)
+                    for role, tensor in FFN_TENSORS.items():
                         linear = adapter.projection(i, role)
-                        add(f"blk.{n}.ffn_{role}.weight", _tensor(linear.weight))
+                        add(_layer_tensor(n, tensor), _tensor(linear.weight))
                         if linear.bias is not None:
-                            add(f"blk.{n}.ffn_{role}.bias", _tensor(linear.bias), quantise=False)
+                            add(_layer_tensor(n, tensor, "bias"), _tensor(linear.bias), quantise=False)
                 else:  # a zero MLP: adds nothing, and keeps llama.cpp's residual add of the attention output
-                    add(f"blk.{n}.ffn_norm.weight", np.ones(dims.hidden, np.float32), quantise=False)
-                    add(f"blk.{n}.ffn_gate.weight", np.zeros((p["ffn"], dims.hidden), np.float32))
-                    add(f"blk.{n}.ffn_up.weight", np.zeros((p["ffn"], dims.hidden), np.float32))
-                    add(f"blk.{n}.ffn_down.weight", np.zeros((dims.hidden, p["ffn"]), np.float32))
+                    add(_layer_tensor(n, FFN_NORM), np.ones(dims.hidden, np.float32), quantise=False)
+                    add(_layer_tensor(n, FFN_TENSORS["gate"]), np.zeros((p["ffn"], dims.hidden), np.float32))
+                    add(_layer_tensor(n, FFN_TENSORS["up"]), np.zeros((p["ffn"], dims.hidden), np.float32))
+                    add(_layer_tensor(n, FFN_TENSORS["down"]), np.zeros((dims.hidden, p["ffn"]), np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -175,3 +194,24 @@ def write_gguf(adapter: ModelAdapter, path: str | Path, source_gguf: Path | None
             "tokenizer": "copied from the source GGUF" if from_source else f"built from the Hugging Face tokenizer ({built.pre})",
             "layer_map": [p["layer"] for p in plan], "zero_attention_layers": [p["layer"] for p in plan if p["heads"] and not p["attention"]],
             "zero_mlp_layers": [p["layer"] for p in plan if p["ffn"] and not p["mlp"]]}
+
+
+class GGUFExporter(Exporter):
+    name = "gguf"
+    engine = "llama.cpp"
+    writes_file = True
+    inside_pruned_directory = GGUF_FILE
+    options = GGUFOptions
+
+    def check(self, adapter: ModelAdapter, lm: LoadedModel) -> None:
+        check_exportable(adapter)
+        check_tokenizer_source(lm.source.get("gguf"), lm.tokenizer, adapter.dimensions().vocab)
+
+    def extra_bytes(self, num_params: int, weight_bytes: int, options: GGUFOptions) -> float:
+        return num_params * GGUF_BYTES_PER_WEIGHT[options.gguf_type]
+
+    def write(self, adapter: ModelAdapter, lm: LoadedModel, path: Path, options: GGUFOptions, name: str = "pruned",
+              overwrite: bool = False) -> dict[str, Any]:
+        source = lm.source.get("gguf")  # the GGUF file the model was loaded from, whose tokenizer is copied
+        return write_gguf(adapter, path, Path(source) if source else None, options.gguf_type, name=name,
+                          overwrite=overwrite, tokenizer=lm.tokenizer)

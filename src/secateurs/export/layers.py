@@ -27,13 +27,13 @@ class KeptLayer:
     """One decoder layer as an engine format writes it."""
 
     layer: int  # its index in the pruned model
-    attention: bool  # its attention block is there
-    mlp: bool  # its MLP block is there
+    has_attention: bool  # its attention block is there
+    has_mlp: bool  # its MLP block is there
     zero_attention: bool  # its attention was removed but is written as zeros (it is the first layer written)
 
     @property
     def writes_attention(self) -> bool:
-        return self.attention or self.zero_attention
+        return self.has_attention or self.zero_attention
 
 
 def kept_layers(adapter: ModelAdapter, engine: str) -> list[KeptLayer]:

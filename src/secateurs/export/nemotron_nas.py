@@ -10,7 +10,8 @@ config class for this model type, so the export carries ours (``configuration_de
 from ``auto_map``): the only code ``--trust-remote-code`` runs from it. Weights keep Hugging Face's names
 and rope layout (vLLM's DeciLM is Llama's attention); q/k/v biases (Qwen2) are ``qkv_bias``, an output
 bias ``attention_bias``. Layers are planned by :mod:`.layers` (vLLM 0.32 crashes on a first layer without
-attention, so that one is written as a zero attention).
+attention, so that one is written as a zero attention). :class:`NemotronNASExporter` is the
+``nemotron-nas`` format of :mod:`.registry`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 from ..errors import SecateursError
 from ..files import atomic_directory
 from ..models.adapter import Block, ModelAdapter
+from ..models.loading import LoadedModel
+from .exporter import Exporter
 from .layers import check_llama_like, kept_layers
 
 ENGINE = "vLLM's nemotron-nas model (DeciLMForCausalLM)"
@@ -35,6 +38,17 @@ WEIGHTS_FILE = "model.safetensors"
 FFN_ROUNDING = 256  # vLLM rounds the width it derives from ffn_mult up to a multiple of this
 ATTENTION = ("q", "k", "v", "o")
 MLP = ("gate", "up", "down")
+
+# The checkpoint's tensor names (the format's, which are Llama's, not the model's); a layer's are
+# model.layers.{written layer}.{name}.
+EMBEDDINGS, FINAL_NORM, LM_HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+ATTENTION_NORM, MLP_NORM = "input_layernorm.weight", "post_attention_layernorm.weight"
+PROJECTION_TENSORS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+                      "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}  # by projection role
+
+
+def _layer_prefix(layer: int) -> str:
+    return f"model.layers.{layer}"
 
 
 def width_from_ffn_mult(ffn_mult: float, hidden: int) -> int:
@@ -88,12 +102,18 @@ def _zero_attention(adapter: ModelAdapter, prefix: str, dtype: torch.dtype, bias
     d = adapter.dimensions()
     shapes = {"q": (d.heads * d.head_dim, d.hidden), "k": (d.kv_heads * d.head_dim, d.hidden),
               "v": (d.kv_heads * d.head_dim, d.hidden), "o": (d.hidden, d.heads * d.head_dim)}
-    tensors = {f"{prefix}.input_layernorm.weight": torch.ones(d.hidden, dtype=dtype)}
+    tensors = {f"{prefix}.{ATTENTION_NORM}": torch.ones(d.hidden, dtype=dtype)}
     for role, shape in shapes.items():
-        tensors[f"{prefix}.self_attn.{role}_proj.weight"] = torch.zeros(shape, dtype=dtype)
+        tensors[f"{prefix}.{PROJECTION_TENSORS[role]}.weight"] = torch.zeros(shape, dtype=dtype)
         if biases[role]:
-            tensors[f"{prefix}.self_attn.{role}_proj.bias"] = torch.zeros(shape[0], dtype=dtype)
+            tensors[f"{prefix}.{PROJECTION_TENSORS[role]}.bias"] = torch.zeros(shape[0], dtype=dtype)
     return tensors
+
+
+def _projections(adapter: ModelAdapter, layer: int, prefix: str, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Layer ``layer``'s projections ``roles`` (weight, and bias where there is one) under the format's names."""
+    return {f"{prefix}.{PROJECTION_TENSORS[role]}.{key}": value for role in roles
+            for key, value in adapter.projection(layer, role).state_dict().items()}
 
 
 def write_nemotron_nas(adapter: ModelAdapter, tokenizer: Any, path: str | Path, name: str = "pruned",
@@ -105,29 +125,24 @@ def write_nemotron_nas(adapter: ModelAdapter, tokenizer: Any, path: str | Path, 
     dims, layers = adapter.dimensions(), kept_layers(adapter, MODEL_TYPE)
     dtype = adapter.embeddings.weight.dtype
     biases = {role: _has_bias(adapter, (role,)) for role in ATTENTION}
-    tensors: dict[str, torch.Tensor] = {"model.embed_tokens.weight": adapter.embeddings.weight,
-                                        "model.norm.weight": adapter.final_norm.weight}
+    tensors: dict[str, torch.Tensor] = {EMBEDDINGS: adapter.embeddings.weight, FINAL_NORM: adapter.final_norm.weight}
     if not dims.tied:
-        tensors["lm_head.weight"] = adapter.lm_head.weight
+        tensors[LM_HEAD] = adapter.lm_head.weight
     blocks = []
     for n, kept in enumerate(layers):
-        prefix = f"model.layers.{n}"
+        prefix = _layer_prefix(n)
         if kept.zero_attention:
             tensors.update(_zero_attention(adapter, prefix, dtype, biases))
-        elif kept.attention:
-            tensors[f"{prefix}.input_layernorm.weight"] = adapter.norm(Block("mha", kept.layer)).weight
-            for role in ATTENTION:
-                tensors.update({f"{prefix}.self_attn.{role}_proj.{key}": value for key, value
-                                in adapter.projection(kept.layer, role).state_dict().items()})
-        if kept.mlp:
-            tensors[f"{prefix}.post_attention_layernorm.weight"] = adapter.norm(Block("mlp", kept.layer)).weight
-            for role in MLP:
-                tensors.update({f"{prefix}.mlp.{role}_proj.{key}": value for key, value
-                                in adapter.projection(kept.layer, role).state_dict().items()})
+        elif kept.has_attention:
+            tensors[f"{prefix}.{ATTENTION_NORM}"] = adapter.norm(Block("mha", kept.layer)).weight
+            tensors.update(_projections(adapter, kept.layer, prefix, ATTENTION))
+        if kept.has_mlp:
+            tensors[f"{prefix}.{MLP_NORM}"] = adapter.norm(Block("mlp", kept.layer)).weight
+            tensors.update(_projections(adapter, kept.layer, prefix, MLP))
         blocks.append({
             "attention": {"no_op": not kept.writes_attention, "replace_with_linear": False,
                           "n_heads_in_group": dims.heads // dims.kv_heads},
-            "ffn": {"no_op": not kept.mlp, **ffn_entry(dims.intermediate, dims.hidden)},
+            "ffn": {"no_op": not kept.has_mlp, **ffn_entry(dims.intermediate, dims.hidden)},
         })
     config = _config(adapter, blocks, dtype)
     with atomic_directory(path, overwrite=overwrite) as tmp:
@@ -140,3 +155,19 @@ def write_nemotron_nas(adapter: ModelAdapter, tokenizer: Any, path: str | Path, 
             "layer_map": [k.layer for k in layers],
             "zero_attention_layers": [k.layer for k in layers if k.zero_attention],
             "ffn": blocks[0]["ffn"] if blocks else {}}
+
+
+class NemotronNASExporter(Exporter):
+    name = MODEL_TYPE
+    engine = "vLLM"
+    inside_pruned_directory = MODEL_TYPE
+
+    def check(self, adapter: ModelAdapter, lm: LoadedModel) -> None:
+        check_exportable(adapter)
+
+    def extra_bytes(self, num_params: int, weight_bytes: int, options: object) -> float:
+        return weight_bytes  # the same weights again, in the model's dtype
+
+    def write(self, adapter: ModelAdapter, lm: LoadedModel, path: Path, options: object, name: str = "pruned",
+              overwrite: bool = False) -> dict[str, Any]:
+        return write_nemotron_nas(adapter, lm.tokenizer, path, name=name, overwrite=overwrite)

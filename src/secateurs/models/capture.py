@@ -1,19 +1,17 @@
 """Capture what flows into a model's decoder layers, and run layers again from what was captured.
 
-Both pipelines that work layer by layer use this module: the sequential calibration of the
-unstructured methods (the stream entering layer 0 and every layer's call arguments) and the block
-search (the stream entering every block, and the last hidden state before the final norm).
+The block search records the stream entering every block and the last hidden state before the final
+norm, and reruns the layers after a removed block from them; the one-shot statistics record the
+stream entering a layer's MLP block. (The walk one layer at a time over cached activations is
+models/walk.py.)
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
-from ..offload import ActivationCache
 from .adapter import Block, ModelAdapter
 
 FINAL = "final"  # key of the last hidden state (entering the final norm) among the captured streams
@@ -59,51 +57,6 @@ class Recorder:
         self._hooks.clear()
 
 
-@dataclass
-class LayerInputs:
-    """The residual stream entering one layer, per batch of windows, and each layer's call kwargs."""
-
-    hidden: ActivationCache  # per batch, where the run's --offload keeps it
-    kwargs: list[list[dict[str, Any]]]  # per batch, per layer (masks and rotary tables differ by layer type)
-
-
-@torch.no_grad()
-def capture_layer_inputs(adapter: ModelAdapter, batches: list[torch.Tensor], hidden: ActivationCache) -> LayerInputs:
-    """What enters layer 0 per batch (into ``hidden``) and every layer's call arguments.
-
-    The decoder runs with its layers bypassed (models/adapter.py): only the embeddings compute, so this
-    costs no layer's work and needs no layer's weights.
-    """
-    kwargs = []
-    with adapter.weights.onloaded(adapter.embeddings):
-        for ids in batches:
-            calls: list[dict] = [{} for _ in range(adapter.num_layers)]
-
-            def record(index: int, args: tuple, call: dict) -> None:
-                if index == 0:
-                    hidden.append(adapter.layer_input(args, call))
-                calls[index] = adapter.layer_call_kwargs(call)
-
-            with adapter.layers_bypassed(record):
-                adapter.run_decoder(ids)
-            kwargs.append(calls)
-    return LayerInputs(hidden, kwargs)
-
-
-@contextlib.contextmanager
-def next_layer(inputs: LayerInputs, cache: Callable[[], ActivationCache]) -> Iterator[ActivationCache]:
-    """A fresh cache for the streams that enter the next layer. When the block succeeds it replaces
-    ``inputs.hidden`` (the old cache is freed); when it fails it is freed itself."""
-    out = cache()
-    try:
-        yield out
-    except BaseException:
-        out.close()
-        raise
-    inputs.hidden.close()
-    inputs.hidden = out
-
-
 @torch.no_grad()
 def run_layers(adapter: ModelAdapter, hidden: torch.Tensor, layer_kwargs: list[dict], start: int = 0,
                before_layer: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -114,10 +67,3 @@ def run_layers(adapter: ModelAdapter, hidden: torch.Tensor, layer_kwargs: list[d
         hidden = adapter.run_layer(index, hidden, layer_kwargs[index])
     return hidden
 
-
-@torch.no_grad()
-def run_layer_on_all(adapter: ModelAdapter, index: int, inputs: LayerInputs, out: ActivationCache) -> ActivationCache:
-    """Layer ``index`` on every captured batch; ``out`` receives the streams that enter the next layer."""
-    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
-        out.append(adapter.run_layer(index, hidden, kwargs[index]))
-    return out

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import weakref
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import SecateursError
-from ..files import check_free_space
+from ..files import check_free_space, work_directory
 from ..resources import all_finite, device_of
 
 INDEX_FILE = "model.safetensors.index.json"  # transformers' index of a sharded checkpoint
@@ -94,11 +93,7 @@ class StreamedWeights:
         self._key = self._file_keys(model)
         self._written: dict[str, Path] = {}  # tensor key -> the work shard holding its changed value
         self._checked: set[str] = set()  # source tensors already checked to be finite
-        try:
-            self.work = Path(tempfile.mkdtemp(prefix="secateurs-weights-", dir=work_dir))
-        except OSError as exc:
-            raise SecateursError(f"cannot create an offload directory in {work_dir or tempfile.gettempdir()}: "
-                                 f"{exc.strerror or exc}") from exc
+        self.work = work_directory("weights", work_dir)  # a killed run's are removed by the next one
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.work, True)
 
     def _file_keys(self, model: nn.Module) -> dict[str, str]:

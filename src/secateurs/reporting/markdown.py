@@ -1,31 +1,37 @@
-"""Readable summaries (report.md) of the JSON reports."""
+"""Readable summaries of the reports: report.md and the tables ``secateurs prune`` prints."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..evaluation.suites import averages
 from ..models.adapter import Block
+from .report import Report, StructuredReport, UnstructuredReport
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: Report) -> str:
     """A short markdown summary of a pruning report (structured or unstructured)."""
-    if report.get("kind") == "unstructured":
+    if isinstance(report, UnstructuredReport):
         return render_unstructured(report)
     return render_structured(report)
 
 
-def _footer(report: dict[str, Any]) -> list[str]:
+def _footer(report: Report) -> list[str]:
     lines = [
-        "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()),
-        "Peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in report["peak_memory"].items()),
+        "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report.timings.items()),
+        "Peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in report.peak_memory.items()),
     ]
-    if report.get("command"):
-        lines += ["", "Re-run with:", "", "```", " ".join(report["command"]), "```"]
+    if report.command:
+        lines += ["", "Re-run with:", "", "```", " ".join(report.command), "```"]
     return lines
+
+
+def _figures(report: Report) -> list[str]:
+    return [line for figure in report.outputs.figures for line in ("", f"![{figure}]({figure})")]
 
 
 def _protocol_line(label: str, proto: dict[str, Any]) -> str:
@@ -34,26 +40,27 @@ def _protocol_line(label: str, proto: dict[str, Any]) -> str:
             f"{proto['windows']} windows x {proto['seqlen']} tokens, token sha256 {proto['token_sha256'][:16]}...")
 
 
-def render_unstructured(report: dict[str, Any]) -> str:
-    details, sparsity = report["details"], report["sparsity"]
+def render_unstructured(report: UnstructuredReport) -> str:
+    details, sparsity = report.details, report.sparsity
     lines = [
-        f"# {report['method']} on {report['model'].get('spec')}",
+        f"# {report.method} on {report.model.get('spec')}",
         "",
         f"Pattern: {details['pattern']}; score: {details['score']}.",
         f"Achieved sparsity: {100 * sparsity['over_pruned_matrices']:.2f}% of the pruned matrices "
         f"({sparsity['prunable_params']:,} weights), {100 * sparsity['over_all_parameters']:.2f}% of all parameters.",
-        f"Calibration protocol: {report['calibration']['sequential']}.",
+        f"Calibration protocol: {report.calibration.sequential}.",
         "",
         "| evaluation | role | dense PPL | pruned PPL |",
         "|---|---|---:|---:|",
     ]
-    for name, ev in report["evaluation"].items():
-        p = ev["protocol"]
-        lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {ev['role']} | {_fmt(ev['dense_ppl'])} | {_fmt(ev['pruned_ppl'])} |")
+    for name, ev in report.evaluation.items():
+        p = ev.protocol
+        lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {ev.role} | {_fmt(ev.dense_ppl)} | {_fmt(ev.pruned_ppl)} |")
     lines.append("")
-    for label, key in (("General calibration", "general"), ("Domain calibration", "domain")):
-        if report["calibration"].get(key):
-            lines.append(_protocol_line(label, report["calibration"][key]))
+    for label, protocol in (("General calibration", report.calibration.general),
+                            ("Domain calibration", report.calibration.domain)):
+        if protocol:
+            lines.append(_protocol_line(label, protocol))
     if "penalty_to_gradient_ratio" in details:
         ratio = details["penalty_to_gradient_ratio"]
         lines += ["", f"D-Pruner penalty size: mean |penalty gradient| / |g| = {ratio['mean']:.3g} "
@@ -62,36 +69,35 @@ def render_unstructured(report: dict[str, Any]) -> str:
         lines.append(f"Note: {note}.")
     lines += ["", "Per matrix sparsity (first layer):", ""]
     lines += [f"- {k}: {100 * v:.2f}%" for k, v in sparsity["first_layer"].items()]
-    for figure in report.get("figures", []):
-        lines += ["", f"![{figure}]({figure})"]
+    lines += _figures(report)
     lines += [""] + _footer(report)
     return "\n".join(lines) + "\n"
 
 
-def render_structured(report: dict[str, Any]) -> str:
+def render_structured(report: StructuredReport) -> str:
     """A short markdown summary of a structured pruning report."""
-    calib = report["calibration"]
-    proto = calib["protocol"]
+    calib = report.calibration
+    proto = calib.protocol
     lines = [
-        f"# {report['method']} on {report['model'].get('spec')}",
+        f"# {report.method} on {report.model.get('spec')}",
         "",
-        f"Removed {removed_summary(report['removed_blocks'])}: {report['dense_params']:,} -> "
-        f"{report['pruned_params']:,} parameters (ratio {100 * report['ratio']:.2f}%, all parameters counted).",
-        f"Score: {report['score']}." + (f" Search: {report['search']}." if report.get("search") else ""),
+        f"Removed {removed_summary(report.removed_blocks)}: {report.dense_params:,} -> "
+        f"{report.pruned_params:,} parameters (ratio {100 * report.ratio:.2f}%, all parameters counted).",
+        f"Score: {report.score}." + (f" Search: {report.search}." if report.search else ""),
         "",
         "| step | removed | ratio % | calibration PPL |",
         "|---:|---|---:|---:|",
-        f"| 0 | (dense) | 0.00 | {_fmt(calib['dense_ppl'])} |",
+        f"| 0 | (dense) | 0.00 | {_fmt(calib.dense_ppl)} |",
     ]
-    for step, ppl in zip(report["steps"], calib["ppl_per_step"]):
-        lines.append(f"| {step['step']} | {step['unit']} | {100 * step['ratio']:.2f} | {_fmt(ppl)} |")
-    if report["evaluation"]:
+    for step, ppl in zip(report.steps, calib.ppl_per_step):
+        lines.append(f"| {step.step} | {step.unit} | {100 * step.ratio:.2f} | {_fmt(ppl)} |")
+    if report.evaluation:
         lines += ["", "| evaluation | dense PPL | pruned PPL |", "|---|---:|---:|"]
-        for name, ev in report["evaluation"].items():
-            p = ev["protocol"]
-            lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {_fmt(ev['dense_ppl'])} | {_fmt(ev['pruned_ppl'])} |")
-    if report.get("speed"):
-        dense, pruned = report["speed"]["dense"], report["speed"]["pruned"]
+        for name, ev in report.evaluation.items():
+            p = ev.protocol
+            lines.append(f"| {name} ({p['windows']} x {p['seqlen']} tokens) | {_fmt(ev.dense_ppl)} | {_fmt(ev.pruned_ppl)} |")
+    if report.speed:
+        dense, pruned = report.speed["dense"], report.speed["pruned"]
         lines += ["", f"Decode speed (batch {dense['batch_size']}, {dense['prompt_tokens']}-token prompt, "
                       f"{dense['decode_tokens']} tokens, median of {dense['repeats']}, {dense['device']}, "
                       f"{dense['threads']} threads): {dense['decode_tokens_per_s']:.1f} -> "
@@ -104,15 +110,13 @@ def render_structured(report: dict[str, Any]) -> str:
         *search_cost_table(report),
         "",
         *_footer(report),
+        *_figures(report),
     ]
-    for figure in report.get("figures", []):
-        lines += ["", f"![{figure}]({figure})"]
     return "\n".join(lines) + "\n"
 
 
-def removed_summary(removed_blocks: list[str]) -> str:
+def removed_summary(blocks: list[Block]) -> str:
     """'2 whole layers and 3 attention blocks': whole layers named as such, then single blocks by kind."""
-    blocks = [Block.parse(name) for name in removed_blocks]
     kinds_of: dict[int, set[str]] = {}
     for block in blocks:
         kinds_of.setdefault(block.layer, set()).add(block.kind)
@@ -130,31 +134,26 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def naive_cost(report: dict[str, Any]) -> dict[str, int] | None:
+def naive_cost(report: StructuredReport) -> dict[str, int] | None:
     """What a full forward per candidate would have cost for the same search (None: not recorded)."""
-    windows = report["calibration"]["protocol"]["windows"]
-    layers = report.get("export", {}).get("original_num_layers") or _num_layers(report)
+    windows = report.calibration.protocol["windows"]
+    layers = report.num_layers
     blocks = head = 0
     removed_before = 0
-    for step in report["steps"]:
-        if not step.get("candidates"):
+    for step in report.steps:
+        if not step.candidates:
             return None
-        for name in step["candidates"]:
+        for name in step.candidates:
             size = 2 if name.startswith("layer.") else 1
             blocks += windows * (2 * layers - removed_before - size)
             head += windows
-        removed_before = len(step["removed"])
+        removed_before = len(step.removed)
     return {"block_window_evals": blocks, "head_window_evals": head}
 
 
-def _num_layers(report: dict[str, Any]) -> int:
-    names = [n for s in report["steps"] for n in s["removed"]]
-    return 1 + max(Block.parse(n).layer for n in names)
-
-
-def search_cost_table(report: dict[str, Any]) -> list[str]:
+def search_cost_table(report: StructuredReport) -> list[str]:
     """The search's work in block and LM-head evaluations (over one window each), beside the naive cost."""
-    cost = report.get("search_cost") or {}
+    cost = report.search_cost
     if not cost:
         return ["Search cost: none (a saved search re-applied)."]
     naive = naive_cost(report)
@@ -170,27 +169,27 @@ def search_cost_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def comparison_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+def comparison_rows(report: StructuredReport) -> list[tuple[str, str, str]]:
     """Dense vs pruned of a structured report: parameters, calibration and evaluation PPL, decode speed."""
-    calib = report["calibration"]
-    rows = [("parameters", f"{report['dense_params']:,}", f"{report['pruned_params']:,}"),
-            (f"calibration PPL ({calib['protocol']['dataset']})", _fmt(calib["dense_ppl"]), _fmt(calib["ppl_per_step"][-1]))]
-    for name, ev in report["evaluation"].items():
-        p = ev["protocol"]
-        rows.append((f"{name} PPL ({p['windows']} x {p['seqlen']} tokens)", _fmt(ev["dense_ppl"]), _fmt(ev["pruned_ppl"])))
-    if report.get("speed"):
-        dense, pruned = report["speed"]["dense"], report["speed"]["pruned"]
+    calib = report.calibration
+    rows = [("parameters", f"{report.dense_params:,}", f"{report.pruned_params:,}"),
+            (f"calibration PPL ({calib.protocol['dataset']})", _fmt(calib.dense_ppl), _fmt(calib.ppl_per_step[-1]))]
+    for name, ev in report.evaluation.items():
+        p = ev.protocol
+        rows.append((f"{name} PPL ({p['windows']} x {p['seqlen']} tokens)", _fmt(ev.dense_ppl), _fmt(ev.pruned_ppl)))
+    if report.speed:
+        dense, pruned = report.speed["dense"], report.speed["pruned"]
         rows.append((f"decode tokens/s (batch {dense['batch_size']}, {dense['threads']} threads)",
                      f"{dense['decode_tokens_per_s']:.1f}", f"{pruned['decode_tokens_per_s']:.1f}"))
     return rows
 
 
-def render_comparison(report: dict[str, Any]) -> str:
+def render_comparison(report: StructuredReport) -> str:
     """The dense-vs-pruned table printed at the end of ``secateurs prune`` (structured methods)."""
     rows = [("", "dense", "pruned"), *comparison_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
-    lines.append(f"removed {removed_summary(report['removed_blocks'])}: {100 * report['ratio']:.2f}% of all parameters")
+    lines.append(f"removed {removed_summary(report.removed_blocks)}: {100 * report.ratio:.2f}% of all parameters")
     return "\n".join(lines)
 
 
@@ -211,13 +210,9 @@ def render_results(result: dict[str, Any]) -> str:
                     continue
                 stderr = metrics.get(f"{key}_stderr")
                 lines.append(f"| {name} | {res['n']} | {key} | {value:.4f} | {_fmt(stderr, 4)} |")
-    if "paper_average" in result:
-        lines.append(f"\npaper average (acc_norm; WinoGrande acc) over {len(result['paper_average']['per_task'])} tasks: "
-                     f"{100 * result['paper_average']['average']:.2f}")
-    if "legalbench_macro_average" in result:
-        avg = result["legalbench_macro_average"]
-        lines.append(f"LegalBench macro average over {len(avg['tasks'])} tasks: acc {avg['acc']:.4f}, "
-                     f"balanced acc {avg['balanced_acc']:.4f}")
+    reported = [average.line(result[average.key]) for average in averages() if average.key in result]
+    if reported:  # the suites' averages (evaluation/suites.py)
+        lines += ["", *reported]
     for key, label in (("speed", "speed"), ("speed_baseline", "baseline speed")):
         if key in result:
             s = result[key]

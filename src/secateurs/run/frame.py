@@ -7,36 +7,39 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator, TypeVar
 
 import torch
 
 from ..data import TokenWindows, token_windows
 from ..distributed import Ranks
-from ..export import INSIDE_PRUNED_DIRECTORY, check_exportable, export_bytes, write_export
 from ..errors import SecateursError
 from ..evaluation.perplexity import perplexity
-from ..files import Artifact, atomic_directory, check_free_space, save_tensors_atomic, write_json_atomic, write_text_atomic
+from ..files import Artifact, atomic_directory, check_free_space, save_tensors_atomic, write_text_atomic
 from ..models.adapter import ModelAdapter
 from ..models.loading import DTYPES, LoadedModel, load_model, load_model_streamed, resolve_device
-from ..plan import CPU_RUNTIME_BYTES, GIB, RunShape, choose_offload, load_config, make_plan, parse_bytes
+from ..plan import CPU_RUNTIME_BYTES, GIB, OFFLOAD_CHOSEN, RunShape, choose_offload, load_config, make_plan, parse_bytes
 from ..options import as_dict
 from ..reporting.markdown import render_markdown
-from ..reporting.provenance import environment
+from ..reporting.plots import plot_report
+from ..reporting.provenance import environment, package_versions
+from ..resume import Checkpoint
+from ..reporting.report import Comparison, Outputs, Report, write_report
 from ..resources import peak_memory
 from .spec import RECIPE_FILE, RunSpec
+
+R = TypeVar("R", bound=Report)
 
 
 @dataclass
 class PruneResult:
     model: LoadedModel
     removed: list  # the removed blocks (structured methods; empty for unstructured ones)
-    report: dict[str, Any]
+    report: Report
     main: bool = True  # False on every process of a torchrun launch but rank 0 (which prints and writes)
 
 
@@ -48,12 +51,13 @@ class Run:
     lm: LoadedModel
     adapter: ModelAdapter
     timings: dict[str, float] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None  # with an output: the completed steps, to resume from (resume.py)
 
     @classmethod
     def start(cls, spec: RunSpec) -> "Run":
         start = time.perf_counter()
         model = spec.model
-        if isinstance(model, str) and getattr(spec.options, "max_memory", None):
+        if isinstance(model, str) and spec.method.memory.budget == OFFLOAD_CHOSEN and spec.options.max_memory:
             spec.options = dataclasses.replace(spec.options, offload=offload_for_budget(spec, model))
         if isinstance(model, str):
             device = str(Ranks.device_of_process(resolve_device(spec.device)))  # torchrun on GPUs: one GPU each
@@ -65,10 +69,28 @@ class Run:
         run = cls(spec, lm, ModelAdapter(lm.model, lm.weights, ranks), {"load_s": time.perf_counter() - start})
         try:
             run._check()
+            run.checkpoint = run._open_checkpoint()
         except BaseException:
             run.adapter.weights.close()  # streamed weights: their work directory goes now, not at exit
             raise
         return run
+
+    def _open_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint beside the output: its protocol is the run's recipe, the model's source and the
+        versions; a run that finds one of its own continues from it (and says so)."""
+        spec, ranks = self.spec, self.adapter.ranks
+        if spec.output.path is None:
+            return None
+        versions = package_versions()
+        protocol = {"recipe": spec.to_recipe(), "processes": ranks.world,
+                    "model": {k: v for k, v in self.lm.source.items() if k in ("spec", "sha256", "path", "gguf", "alias")},
+                    "versions": {k: versions.get(k) for k in ("torch", "transformers", "secateurs")}}
+        checkpoint = Checkpoint.open(spec.output.path, protocol, fresh=spec.output.fresh, writer=ranks.main,
+                                     rank=ranks.rank)
+        if checkpoint.found and spec.progress:
+            print(f"resuming from {checkpoint.root}: {', '.join(checkpoint.found)} already done in part "
+                  "(--fresh starts over)", file=sys.stderr)
+        return checkpoint
 
     def _check(self) -> None:
         """What can fail on this model, checked before any calibration."""
@@ -80,19 +102,19 @@ class Run:
         if spec.output.path is not None:  # the weights' size is known now: refuse a disk too small for them
             params = list(lm.model.parameters())
             weight_bytes = sum(p.numel() * p.element_size() for p in params)
-            needed = weight_bytes + export_bytes(spec.output.format, sum(p.numel() for p in params), weight_bytes,
-                                                 spec.output.gguf_type)
+            needed = weight_bytes + spec.output.exporter.extra_bytes(sum(p.numel() for p in params), weight_bytes,
+                                                                     spec.output.export_options)
             check_free_space(spec.output.path, needed)
         longest = max(spec.data.seqlen, spec.evaluation.seqlen or 0)
         if longest > self.adapter.max_positions:
             raise SecateursError(f"a window of {longest} tokens is longer than the {self.adapter.max_positions} "
                                  "positions the model was trained for (config max_position_embeddings)")
         if spec.output.path is not None:  # the engine of --format must be able to express the model
-            if self.adapter.weights.streamed and spec.output.format != "hf":
+            if self.adapter.weights.streamed and not spec.output.exporter.is_checkpoint:
                 raise SecateursError(f"--format {spec.output.format} needs the whole model in memory; with --offload "
                                      "disk write --format hf, then `secateurs export DIR --format "
                                      f"{spec.output.format}`")
-            check_exportable(spec.output.format, self.adapter, lm)
+            spec.output.exporter.check(self.adapter, lm)
         spec.method.check(self.adapter, spec.options)
 
     @contextlib.contextmanager
@@ -130,35 +152,41 @@ class Run:
                                      adapter=self.adapter) for name, w in windows.items()}
 
     # --- report and output -----------------------------------------------------------------------
-    def report(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """The report: what every run records around the wing's own ``fields``."""
+    def report(self, report_type: type[R], recipe: dict[str, Any] | None = None, **fields: Any) -> R:
+        """The report: what every run records around the wing's own ``fields`` (``recipe``: the run's
+        options, unless given)."""
         spec = self.spec
-        return {
-            "kind": kind, "method": spec.method.name, "model": self.lm.source, **fields,
-            "timings": self.timings, "peak_memory": peak_memory(), "processes": self.adapter.ranks.world,
-            "recipe": {"method": spec.method.name, **as_dict(spec.options)},
-            "command": spec.output.command, "environment": environment(),
-        }
+        return report_type(
+            method=spec.method.name, model=self.lm.source, num_layers=self.adapter.num_layers,
+            timings=self.timings, peak_memory=peak_memory(), processes=self.adapter.ranks.world,
+            recipe={"method": spec.method.name, **as_dict(spec.options)} if recipe is None else recipe,
+            command=spec.output.command, environment=environment(), **fields)
 
-    def write(self, report: dict[str, Any], save_model: Callable[[Path], Any],
-              artifacts: list[Artifact] = ()) -> None:
-        """Write the model (``save_model(dir)``), artifacts, report.json and report.md, atomically."""
+    def write(self, report: Report, save_model: Callable[[Path], dict[str, Any] | None],
+              artifacts: list[Artifact] = ()) -> Outputs:
+        """Write the model (``save_model(dir)``, which returns the checkpoint's record), figures, artifacts,
+        report.json and report.md, atomically; return what was written beside the model."""
         out = self.spec.output
         if not self.adapter.ranks.main:
-            return  # one process writes the output
+            return Outputs()  # one process writes the output
         with atomic_directory(out.path, overwrite=out.overwrite) as tmp:
-            save_model(tmp)  # the adapter now holds the model as saved (blocks removed, layers dropped)
-            if out.format in INSIDE_PRUNED_DIRECTORY:
-                report["engine_export"] = write_export(out.format, self.adapter, self.lm, tmp / INSIDE_PRUNED_DIRECTORY[out.format],
-                                                out.gguf_type, name=Path(out.path).name)
+            export = save_model(tmp)  # the adapter now holds the model as saved (blocks removed, layers dropped)
+            figures = plot_report(report, tmp)
+            engine_export = None
+            if not out.exporter.is_checkpoint:
+                engine_export = out.exporter.write(self.adapter, self.lm, tmp / out.exporter.inside_pruned_directory,
+                                                   out.export_options, name=Path(out.path).name)
             for artifact in artifacts:
                 save_tensors_atomic(tmp / artifact.name, artifact.tensors,
                                     {**artifact.metadata, "model": str(self.lm.source.get("spec"))})
-            if artifacts:
-                report["artifacts"] = [a.name for a in artifacts]
+            outputs = Outputs(export, engine_export, figures, [a.name for a in artifacts])
+            written = dataclasses.replace(report, outputs=outputs)
             write_text_atomic(tmp / RECIPE_FILE, recipe_text(self.spec))
-            write_json_atomic(tmp / "report.json", report)
-            write_text_atomic(tmp / "report.md", render_markdown(report))
+            write_report(tmp / "report.json", written)
+            write_text_atomic(tmp / "report.md", render_markdown(written))
+        if self.checkpoint is not None:
+            self.checkpoint.remove()  # the output is written: nothing is left to resume
+        return outputs
 
 
 def offload_for_budget(spec: RunSpec, model: str) -> str:
@@ -167,11 +195,11 @@ def offload_for_budget(spec: RunSpec, model: str) -> str:
     config = load_config(model)
     saved = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
     dtype = DTYPES.get(spec.dtype if spec.dtype != "auto" else saved, torch.float32)
-    shape = RunShape(spec.method.name, windows=spec.data.samples or RunShape.windows, seqlen=spec.data.seqlen,
+    shape = RunShape(spec.method.name, spec.method.memory, windows=spec.data.samples or RunShape.windows, seqlen=spec.data.seqlen,
                      batch_size=spec.options.batch_size, dtype_bytes=dtype.itemsize)
     plan = make_plan(config, shape)
     offload = choose_offload(plan, parse_bytes(budget), budget, on_cpu=resolve_device(spec.device).type == "cpu")
-    if spec.progress and os.environ.get("RANK", "0") == "0":
+    if spec.progress and Ranks.of_launch().main:
         print(f"--max-memory {budget}: predicted peak {plan.peak_bytes / GIB:.2f} GiB in memory"
               + (f", {plan.offloaded_peak_bytes / GIB:.2f} GiB with --offload disk" if plan.offloaded else "")
               + f" (+ about {CPU_RUNTIME_BYTES / GIB:.1f} GiB of runtime on the CPU): --offload {offload}", file=sys.stderr)
@@ -186,7 +214,6 @@ def recipe_text(spec: RunSpec) -> str:
     return header + yaml.safe_dump(spec.to_recipe(), sort_keys=False)
 
 
-def compare(dense: dict[str, dict[str, Any]], pruned: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def compare(dense: dict[str, dict[str, Any]], pruned: dict[str, dict[str, Any]]) -> dict[str, Comparison]:
     """Dense vs pruned perplexity per set, with the protocol of the windows."""
-    return {name: {"dense_ppl": dense[name]["ppl"], "pruned_ppl": pruned[name]["ppl"],
-                   "protocol": pruned[name]["protocol"]} for name in pruned}
+    return {name: Comparison(dense[name]["ppl"], pruned[name]["ppl"], pruned[name]["protocol"]) for name in pruned}

@@ -12,10 +12,12 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .. import __version__
+from ..version import __version__
 from ..data import check_source, domain_sets
 from ..errors import SecateursError
-from ..evaluation.perplexity import DEFAULT_BATCH_SIZE
+from ..export.exporter import Exporter
+from ..export.registry import DEFAULT_FORMAT, export_options, get_exporter, option_fields
+from ..defaults import BATCH_SIZE, CALIBRATION_SAMPLES, CALIBRATION_SEQLEN, EVAL_WINDOWS
 from ..files import check_output_path
 from ..models.loading import LoadedModel
 from ..options import build
@@ -27,18 +29,20 @@ class DataSpec:
     """Calibration data, and the domain data of domain-specific methods (D-Pruner)."""
 
     calib: str | None = None  # named set or .txt/.jsonl file; None = the method's default
-    samples: int | None = 64  # documents drawn with ``seed``
-    seqlen: int = 512
+    samples: int | None = CALIBRATION_SAMPLES  # documents drawn with ``seed``
+    seqlen: int = CALIBRATION_SEQLEN
     seed: int = 0
     data_dir: str | os.PathLike | None = None
     text_field: str = "text"
     domain: str | None = None  # healthcare | legal: domain calibration and a held-out domain PPL
     domain_data: str | None = None  # or a file of domain text
-    domain_samples: int | None = 64
+    domain_samples: int | None = CALIBRATION_SAMPLES
 
     def __post_init__(self) -> None:
         if self.seqlen < 2:
             raise SecateursError(f"--seqlen must be at least 2 tokens, got {self.seqlen}")
+        if self.seed < 0:
+            raise SecateursError(f"--seed must be 0 or more, got {self.seed}")
         for flag, value in (("--samples", self.samples), ("--domain-samples", self.domain_samples)):
             if value is not None and value < 1:
                 raise SecateursError(f"{flag} must be at least 1, got {value}")
@@ -50,8 +54,8 @@ class EvalSpec:
 
     ppl: Sequence[str] = ("wikitext2",)
     seqlen: int | None = None  # default: the calibration window length
-    max_windows: int | None = None  # None: every window of each set
-    batch_size: int = DEFAULT_BATCH_SIZE
+    max_windows: int | None = EVAL_WINDOWS  # None: every window of each set
+    batch_size: int = BATCH_SIZE
     speed: bool = False  # decode tokens/s, dense vs pruned (structured methods)
 
     def __post_init__(self) -> None:
@@ -70,15 +74,25 @@ class OutputSpec:
     path: str | os.PathLike | None = None
     overwrite: bool = False
     command: list[str] | None = None  # recorded in the report
-    format: str = "hf"  # hf; gguf / nemotron-nas also write an engine export beside the checkpoint
-    gguf_type: str = "f32"
+    format: str = DEFAULT_FORMAT  # hf; an engine format (export/registry.py) is also written beside the checkpoint
+    gguf_type: str = "f32"  # the formats' options, one field each, named as their options classes name them
+    fresh: bool = False  # discard a checkpoint of this output (resume.py) instead of resuming from it
 
     def __post_init__(self) -> None:
-        from ..export import check_format
-
-        check_format(self.format, self.gguf_type)
-        if self.format != "hf" and self.path is None:
+        self.export_options  # an unknown format or option value fails here
+        if not self.exporter.is_checkpoint and self.path is None:
             raise SecateursError(f"--format {self.format} writes into --out: say where")
+
+    @property
+    def exporter(self) -> Exporter:
+        return get_exporter(self.format)
+
+    @property
+    def export_options(self) -> Any:
+        """The format's typed options, from the fields of the same names."""
+        names = {f.name for _, f in option_fields()}
+        return export_options(self.format, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                            if f.name in names})
 
 
 RECIPE_FILE = "recipe.yaml"
@@ -139,12 +153,14 @@ class RunSpec:
     @property
     def streams_weights(self) -> bool:
         """``--offload disk`` for a method that works one layer at a time: the weights stay in their files."""
-        return getattr(self.options, "offload", "none") == "disk" and getattr(self.method, "streams_weights", False)
+        return self.method.memory.streams_weights and self.options.offload == "disk"
 
     # --- recipes: every setting of a run in one YAML file -------------------------------------------------
     def to_recipe(self) -> dict[str, Any]:
         """The run as a recipe: what ``secateurs prune --recipe FILE --out DIR`` needs to run it again."""
         model = self.model if isinstance(self.model, str) else self.model.source.get("spec")
+        if Path(model).expanduser().exists():  # a local path: from anywhere, the recipe means this one
+            model = str(Path(model).expanduser().resolve())
         return {"secateurs": __version__, "model": model, "method": self.method.name,
                 "options": plain(self.options), "data": plain(self.data), "evaluation": plain(self.evaluation),
                 "dtype": self.dtype, "device": self.device}
@@ -167,9 +183,15 @@ class RunSpec:
         for key in ("model", "method"):
             if not recipe.get(key) and not (key == "model" and model):
                 raise SecateursError(f"the recipe {path} does not say which {key} to use")
-        return cls.build(model or str(recipe["model"]), str(recipe["method"]), recipe.get("options"),
-                         recipe.get("data"), recipe.get("evaluation"), output, dtype=recipe.get("dtype", "auto"),
-                         device=recipe.get("device", "auto"), progress=progress)
+        method = str(recipe["method"])
+        try:  # the recipe's own settings, each checked for its type: a mistake names the recipe
+            options = make_options(method, recipe.get("options"))
+            data, evaluation = build(DataSpec, recipe.get("data")), build(EvalSpec, recipe.get("evaluation"))
+        except SecateursError as exc:
+            raise SecateursError(f"the recipe {path}: {exc}") from exc
+        return cls.build(model or str(recipe["model"]), method, options, data, evaluation, output,
+                         dtype=str(recipe.get("dtype", "auto")), device=str(recipe.get("device", "auto")),
+                         progress=progress)
 
     def domain_sets(self) -> tuple[str | None, str | None]:
         """(domain calibration, held-out domain evaluation) of the run, where it has them."""

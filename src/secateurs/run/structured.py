@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import SecateursError
 from ..evaluation.speed import compare_speed
 from ..models.adapter import Block
 from ..models.checkpoint import save_pruned
-from ..reporting.plots import plot_structured
+from ..reporting.report import CalibrationPerplexity, StructuredReport, read_report
 from ..structured.methods import Selection
-from ..structured.search import SearchStep
 from .frame import PruneResult, Run, compare
 from .spec import RunSpec
 
@@ -52,43 +50,43 @@ def run_structured(spec: RunSpec) -> PruneResult:
         with run.timed("speed_s"):
             speeds = compare_speed(adapter.model, {"dense": contextlib.nullcontext, "pruned": skipped}, repeats=SPEED_REPEATS)
 
+    recipe = None  # the run's options; a saved search re-applied keeps the recipe that made it
+    if options.from_report is not None:
+        recipe = {**selection.recipe, "from_report": str(options.from_report), "blocks": len(selection.steps)}
     report = run.report(
-        "structured",
+        StructuredReport,
+        recipe=recipe,
         score=selection.score_name,
         search=selection.search,
         dense_params=dense_params,
         pruned_params=dense_params - sum(adapter.block_num_params(b) for b in removed),
         ratio=selection.steps[-1].ratio,
-        removed_blocks=[b.name for b in sorted(removed)],
+        removed_blocks=sorted(removed),
         removal_order=[s.unit for s in selection.steps],
-        steps=[asdict(s) for s in selection.steps],
-        calibration={"dense_ppl": dense_calib, "ppl_per_step": calib_ppl, "protocol": windows.protocol},
+        steps=selection.steps,
+        calibration=CalibrationPerplexity(dense_calib, calib_ppl, windows.protocol),
         evaluation=evaluation,
         speed=speeds,
         search_cost=selection.cost,
     )
-    if options.from_report is not None:
-        report["recipe"] = {**selection.recipe, "from_report": str(options.from_report), "blocks": len(selection.steps)}
     if spec.output.path is None:
         adapter.remove_blocks(removed)
     else:
-        def save_model(directory: Path) -> None:
-            report["export"] = save_pruned(adapter, run.lm.tokenizer, removed, directory,
-                                           {"method": spec.method.name, "removal_order": report["removal_order"]})
-            report["figures"] = plot_structured(report, directory)
+        def save_model(directory: Path) -> dict:
+            return save_pruned(adapter, run.lm.tokenizer, removed, directory,
+                               {"method": spec.method.name, "removal_order": report.removal_order})
 
-        run.write(report, save_model)
+        report = dataclasses.replace(report, outputs=run.write(report, save_model))
     return PruneResult(run.lm, removed, report, run.adapter.ranks.main)
 
 
 def steps_from_report(path: str | os.PathLike, k: int | None) -> Selection:
     """A saved search re-applied at level k, without searching again."""
-    try:
-        saved = json.loads(Path(path).read_text())
-        steps = [SearchStep(**s) for s in saved["steps"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SecateursError(f"cannot read a saved search from {path}: {exc}") from exc
+    saved = read_report(path)
+    if not isinstance(saved, StructuredReport):
+        raise SecateursError(f"{path} is the report of a {saved.kind} run: it holds no search to re-apply")
+    steps = saved.steps
     k = len(steps) if k is None else k
     if not 1 <= k <= len(steps):
         raise SecateursError(f"{path} holds levels 1..{len(steps)}; cannot re-apply --blocks {k}")
-    return Selection(steps[:k], {}, saved.get("score", "saved"), recipe=saved.get("recipe", {}))
+    return Selection(steps[:k], {}, saved.score, recipe=saved.recipe)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from ..models.checkpoint import save_dense_zeros
-from ..reporting.plots import plot_unstructured
+from ..reporting.report import CalibrationProtocols, UnstructuredReport
 from ..unstructured.methods import Calibration, sparsity_report
 from .frame import PruneResult, Run, compare
 from .spec import RunSpec
@@ -36,28 +39,27 @@ def _prune(run: Run) -> PruneResult:
         result = method.apply(run.adapter, calibration, options, progress=spec.progress)
     with run.timed("evaluation_s"):
         evaluation = compare(dense, run.perplexities(eval_windows))
-    for name, entry in evaluation.items():
-        entry["role"] = "domain" if name == domain_eval else "general"
+    for name, comparison in evaluation.items():
+        comparison.role = "domain" if name == domain_eval else "general"
 
     report = run.report(
-        "unstructured",
+        UnstructuredReport,
         details={**result.details, "notes": result.notes},
         sparsity=sparsity_report(run.adapter),
-        calibration={
-            "general": calibration.general.protocol if calibration.general is not None else None,
-            "domain": calibration.domain.protocol if calibration.domain is not None else None,
-            "domain_name": data.domain,
-            "sequential": "layer by layer; each layer is calibrated on the outputs of the already-pruned "
-                          "layers before it" if options.propagate == "pruned" else
-                          "layer by layer; each layer is calibrated on dense outputs (--propagate dense)",
-        },
+        calibration=CalibrationProtocols(
+            general=calibration.general.protocol if calibration.general is not None else None,
+            domain=calibration.domain.protocol if calibration.domain is not None else None,
+            domain_name=data.domain,
+            sequential="layer by layer; each layer is calibrated on the outputs of the already-pruned "
+                       "layers before it" if options.propagate == "pruned" else
+                       "layer by layer; each layer is calibrated on dense outputs (--propagate dense)",
+        ),
         evaluation=evaluation,
     )
     if spec.output.path is not None:
         record = {"method": method.name, "pattern": result.details.get("pattern")}
-        def save_model(directory):
-            save_dense_zeros(run.lm, directory, record)
-            report["figures"] = plot_unstructured(report, directory)
+        def save_model(directory: Path) -> None:
+            save_dense_zeros(run.lm, directory, record)  # config.json holds the record; the report does not
 
-        run.write(report, save_model, result.artifacts)
+        report = dataclasses.replace(report, outputs=run.write(report, save_model, result.artifacts))
     return PruneResult(run.lm, [], report, run.adapter.ranks.main)

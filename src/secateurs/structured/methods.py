@@ -18,16 +18,18 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..distributed import Ranks
 from ..models.adapter import Block, ModelAdapter
 from ..data import TokenWindows
 from ..errors import SecateursError
-from ..models.capture import FINAL, Recorder, capture_layer_inputs, next_layer
-from ..offload import ActivationCache, BudgetOption, OffloadOptions
-from ..options import option
-from ..plan import CPU_RUNTIME_BYTES, GIB, PREFIX_CACHE, RunShape, choose_division, make_plan, parse_bytes
+from ..models.capture import FINAL, Recorder
+from ..models.walk import LayerWalk
+from ..offload import BudgetOption, OffloadOptions
+from ..defaults import BATCH_SIZE
+from ..options import Options, option
+from ..plan import (BLOCK_SEARCH, CPU_RUNTIME_BYTES, GIB, LAYER_STATISTIC, PREFIX_CACHE, PREFIX_CACHE_KEPT, MemoryPolicy,
+                    RunShape, choose_division, make_plan, parse_bytes)
 from ..resources import device_of
 from .search import (
     Cost,
@@ -49,7 +51,7 @@ UNITS = ("layer", "block")
 
 
 @dataclass
-class StructuredOptions:
+class StructuredOptions(Options):
     """Options shared by the structured methods.
 
     Validated on creation; the CLI shows the first line as the title of their group.
@@ -58,7 +60,7 @@ class StructuredOptions:
     blocks: int | None = option(None, "remove K units (blocks or layers)")
     ratio: float | None = option(None, "or stop at the first step whose parameter ratio reaches R")
     block_type: str = option("mix", "block units to consider (block units only)", choices=BLOCK_TYPES)
-    batch_size: int = option(4, "windows per forward pass", run_level=True)
+    batch_size: int = option(BATCH_SIZE, "windows per forward pass", run_level=True)
     from_report: str | None = option(None, "re-apply a saved search (report.json) at level --blocks, no search")
 
     def __post_init__(self) -> None:
@@ -68,11 +70,9 @@ class StructuredOptions:
             raise SecateursError(f"--blocks must be at least 1, got {self.blocks}")
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise SecateursError(f"--ratio must be in (0, 1), got {self.ratio}")
-        if self.block_type not in BLOCK_TYPES:
-            raise SecateursError(f"unknown --block-type '{self.block_type}'; choose mix, mha or mlp")
         if self.batch_size < 1:
             raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
-        getattr(super(), "__post_init__", lambda: None)()  # the mixins' checks (offload, memory budget)
+        super().__post_init__()  # the mixins' checks (memory budget), then the declared choices
 
 
 SEARCHES = ("exact", "halving")
@@ -93,14 +93,10 @@ class SearchOptions(StructuredOptions, BudgetOption):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.search not in SEARCHES:
-            raise SecateursError(f"unknown --search '{self.search}'; choose exact or halving")
         if self.halving_windows < 1:
             raise SecateursError(f"--halving-windows must be at least 1, got {self.halving_windows}")
         if not 0 < self.halving_keep < 1:
             raise SecateursError(f"--halving-keep must be in (0, 1), got {self.halving_keep}")
-        if self.divide not in DIVIDE:
-            raise SecateursError(f"unknown --divide '{self.divide}'; choose auto, candidates or windows")
 
     @property
     def halving(self) -> Halving | None:
@@ -116,7 +112,7 @@ def prefix_cache_layers(adapter: ModelAdapter, windows: TokenWindows, options: S
     """
     if options.max_memory is None or options.naive:
         return None
-    shape = RunShape("blockpruner", windows=len(windows), seqlen=windows.input_ids.shape[1],
+    shape = RunShape("blockpruner", GreedyPPL.memory, windows=len(windows), seqlen=windows.input_ids.shape[1],
                      batch_size=options.batch_size, dtype_bytes=adapter.model.dtype.itemsize)
     plan = make_plan(adapter.model.config, shape)
     per_stream = plan.parts[PREFIX_CACHE] // (2 * adapter.num_layers + 1)
@@ -133,11 +129,6 @@ class StatisticOptions(StructuredOptions, OffloadOptions):
     """Methods that score units by a statistic of the dense model's residual stream."""
 
     unit: str = option("layer", "unit to remove: whole layers or single blocks", choices=UNITS)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.unit not in UNITS:
-            raise SecateursError(f"unknown --unit '{self.unit}'; choose layer or block")
 
 
 
@@ -163,6 +154,8 @@ class StructuredMethod:
     uses_calibration: ClassVar[bool] = True
     uses_domain_data: ClassVar[bool] = False
     score_name: ClassVar[str] = "calibration mean NLL"
+    # the searches hold a prefix cache; --max-memory keeps the part of it that fits
+    memory: ClassVar[MemoryPolicy] = MemoryPolicy(BLOCK_SEARCH, budget=PREFIX_CACHE_KEPT)
 
     def units(self, adapter: ModelAdapter, options: StructuredOptions) -> list[Unit]:
         return block_units(adapter, options.block_type)
@@ -309,6 +302,7 @@ class OneShotStatistic(StructuredMethod):
     """Base for one-shot scores computed from the dense model's residual stream around each unit."""
 
     options = StatisticOptions
+    memory = MemoryPolicy(LAYER_STATISTIC)  # the stream between layers waits where --offload says
 
     def units(self, adapter, options):
         return layer_units(adapter) if options.unit == "layer" else block_units(adapter, options.block_type)
@@ -324,32 +318,22 @@ class OneShotStatistic(StructuredMethod):
         stream between layers waits where ``--offload`` says)."""
         units = self.units(adapter, options)
         per_token: dict[str, list[torch.Tensor]] = {u.name: [] for u in units}
-        device = adapter.device
         mine = adapter.ranks.share(windows.input_ids.split(options.batch_size))  # several processes: a share each
-        batches = [ids.to(device) for _, ids in mine]
-
-        def cache() -> ActivationCache:
-            return ActivationCache(options.offload, device, options.offload_dir)
-
-        inputs = capture_layer_inputs(adapter, batches, cache())
         cost = Cost(cached_streams_per_batch=1)
-        try:
-            for index in tqdm(range(adapter.num_layers), desc=self.name, unit="layer", disable=not progress):
-                here = [u for u in units if u.first.layer == index]
-                with next_layer(inputs, cache) as out, adapter.weights.onloaded(adapter.layers[index]):
-                    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
-                        streams = {Block("mha", index): hidden}
-                        with Recorder(adapter, streams, every_block=True):  # the MLP block's entry
-                            streams["out"] = adapter.run_layer(index, hidden, kwargs[index])
-                        cost.block_window_evals += 2 * len(hidden)
-                        for unit in here:
-                            start, end = _unit_boundaries(adapter, unit)
-                            end = end if end in streams else "out"  # the next layer's input or FINAL
-                            per_token[unit.name].append(
-                                self.statistic(streams[start].float(), streams[end].float()).flatten())
-                        out.append(streams["out"])
-        finally:
-            inputs.hidden.close()
+        with LayerWalk(adapter, [ids for _, ids in mine], options, progress=progress, desc=self.name) as walk:
+            for layer in walk:
+                here = [u for u in units if u.first.layer == layer.index]
+                for hidden, kwargs in layer.batches():
+                    streams = {Block("mha", layer.index): hidden}
+                    with Recorder(adapter, streams, every_block=True):  # the MLP block's entry
+                        streams["out"] = adapter.run_layer(layer.index, hidden, kwargs)
+                    cost.block_window_evals += 2 * len(hidden)
+                    for unit in here:
+                        start, end = _unit_boundaries(adapter, unit)
+                        end = end if end in streams else "out"  # the next layer's input or FINAL
+                        per_token[unit.name].append(
+                            self.statistic(streams[start].float(), streams[end].float()).flatten())
+                    layer.out.append(streams["out"])
         if adapter.ranks.world > 1:  # every batch's values, in batch order, on every rank
             shares = adapter.ranks.merge({index: {name: values[k].cpu() for name, values in per_token.items()}
                                           for k, (index, _) in enumerate(mine)})

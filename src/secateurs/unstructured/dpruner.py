@@ -39,7 +39,9 @@ from .sequential import run_sequential
 from .collectors import Hessian
 from ..files import Artifact, save_tensors_atomic
 from ..offload import DiskTensors
+from ..defaults import DPRUNER_EPOCHS, DPRUNER_UPDATE_BATCH
 from ..options import option
+from ..plan import DOMAIN_TRAINING, OFFLOAD_CHOSEN, MemoryPolicy
 from .methods import OBSOptions, Pruned, UnstructuredMethod, apply_mask
 from ..resources import device_of
 
@@ -58,11 +60,11 @@ class DPrunerOptions(OBSOptions):
 
     lam: float = option(0.1, "weight of the general-importance penalty", flag="--dpruner-lambda")
     lr: float = option(0.03, "learning rate of the updates", flag="--dpruner-lr")
-    steps: int = option(1, "epochs of fused SGD on the domain data; 0 = one pass of gradients, no updates",
+    steps: int = option(DPRUNER_EPOCHS, "epochs of fused SGD on the domain data; 0 = one pass of gradients, no updates",
                         flag="--dpruner-steps")
     variant: str = option("paper", "the paper's regulariser or the authors' code's", flag="--dpruner-variant",
                           choices=VARIANTS)
-    update_batch_size: int = option(8, "windows per update", flag="--dpruner-batch-size")
+    update_batch_size: int = option(DPRUNER_UPDATE_BATCH, "windows per update", flag="--dpruner-batch-size")
     warmup: float = option(0.1, "fraction of the updates with a linear warm-up", flag="--dpruner-warmup")
     clip: float = option(1.0, "global gradient-norm clip of the updates (importance uses unclipped gradients)",
                          flag="--dpruner-clip")
@@ -73,16 +75,12 @@ class DPrunerOptions(OBSOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.variant not in VARIANTS:
-            raise SecateursError(f"--dpruner-variant must be one of {', '.join(VARIANTS)}, got '{self.variant}'")
         if self.steps < 0:
             raise SecateursError(f"--dpruner-steps must be 0 or more, got {self.steps}")
         if self.lam < 0 or self.lr < 0:
             raise SecateursError("--dpruner-lambda and --dpruner-lr must be >= 0")
         if self.update_batch_size < 1:
             raise SecateursError(f"--dpruner-batch-size must be at least 1, got {self.update_batch_size}")
-        if self.general_dtype not in GENERAL_DTYPES:
-            raise SecateursError(f"--dpruner-general-dtype must be one of {', '.join(GENERAL_DTYPES)}, got '{self.general_dtype}'")
         if not 0 <= self.warmup < 1:
             raise SecateursError(f"--dpruner-warmup must be in [0, 1), got {self.warmup}")
 
@@ -246,7 +244,7 @@ def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dic
     """S for every prunable weight; the model's weights are restored before returning."""
     training = options.steps > 0
     # the updates change every weight: the originals wait on disk (--offload-dir), read back one matrix at a time
-    with DiskTensors(options.offload_dir, prefix="secateurs-dpruner-") if training else contextlib.nullcontext() as originals:
+    with DiskTensors(options.offload_dir, kind="dpruner") if training else contextlib.nullcontext() as originals:
         return _domain_importance(adapter, windows, general, options, originals, progress)
 
 
@@ -331,7 +329,8 @@ class DPruner(UnstructuredMethod):
     options = DPrunerOptions
     default_group = "blocks:32"
     uses_domain_data = True
-    streams_weights = False  # the domain step trains through the whole model: its weights stay in memory
+    # the domain step trains through the whole model: its weights stay in memory
+    memory = MemoryPolicy(DOMAIN_TRAINING, budget=OFFLOAD_CHOSEN)
     score_name = "|g' w + (g' w)^2 / 2| under L_ntp + lambda sum G (w' - w)^2"
 
     def apply(self, adapter, data, options, progress=True):

@@ -23,7 +23,10 @@ from ..models.adapter import ModelAdapter
 from ..data import TokenWindows
 from ..errors import SecateursError
 from ..files import Artifact
+from ..defaults import BATCH_SIZE
 from ..options import option
+from ..plan import (OFFLOAD_CHOSEN, SEQUENTIAL_HESSIANS, SEQUENTIAL_NORMS, WEIGHTS_ONLY,
+                    MemoryPolicy)
 from .masks import Pattern, parse_nm, select_mask
 from .obs import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPING, obs_prune
 from ..offload import BudgetOption, OffloadOptions
@@ -46,7 +49,7 @@ class UnstructuredOptions(OffloadOptions, BudgetOption):
     group: str | None = option(None, "comparison group: row, matrix, columns:W or blocks:N (default: the method's)")
     sparsity_of: str = option("matrices", "the sparsity counts the pruned matrices or all parameters",
                               choices=SPARSITY_OF)
-    batch_size: int = option(4, "windows per forward pass", run_level=True)
+    batch_size: int = option(BATCH_SIZE, "windows per forward pass", run_level=True)
     propagate: str = option("pruned", "what the next layer is calibrated on: the pruned or the dense layers' outputs",
                             choices=PROPAGATE)
 
@@ -57,10 +60,6 @@ class UnstructuredOptions(OffloadOptions, BudgetOption):
             raise SecateursError("give either --sparsity or --nm, not both")
         if self.sparsity is not None and not 0 < self.sparsity < 1:
             raise SecateursError(f"--sparsity must be in (0, 1), got {self.sparsity}")
-        if self.sparsity_of not in SPARSITY_OF:
-            raise SecateursError(f"--sparsity-of must be one of {', '.join(SPARSITY_OF)}, got '{self.sparsity_of}'")
-        if self.propagate not in PROPAGATE:
-            raise SecateursError(f"--propagate must be one of {', '.join(PROPAGATE)}, got '{self.propagate}'")
         if self.batch_size < 1:
             raise SecateursError(f"--batch-size must be at least 1, got {self.batch_size}")
         super().__post_init__()
@@ -132,7 +131,8 @@ class UnstructuredMethod:
     uses_calibration: ClassVar[bool] = True  # general calibration windows
     uses_domain_data: ClassVar[bool] = False  # domain calibration windows (D-Pruner)
     score_name: ClassVar[str] = ""
-    streams_weights: ClassVar[bool] = True  # works one decoder layer at a time: --offload disk streams the weights
+    # one decoder layer at a time: --offload disk streams the weights; --max-memory chooses --offload
+    memory: ClassVar[MemoryPolicy] = MemoryPolicy(SEQUENTIAL_NORMS, streams_weights=True, budget=OFFLOAD_CHOSEN)
 
     def check(self, adapter: ModelAdapter, options: UnstructuredOptions) -> None:
         """Fail now, before any calibration, if ``options`` cannot be met on this model."""
@@ -166,6 +166,7 @@ class Magnitude(UnstructuredMethod):
     """Magnitude: prune the weights with the smallest absolute value (no calibration data)."""
 
     name = "magnitude"
+    memory = MemoryPolicy(WEIGHTS_ONLY, streams_weights=True, budget=OFFLOAD_CHOSEN)
     default_group = "matrix"
     uses_calibration = False
     score_name = "|w|"
@@ -187,6 +188,7 @@ class Wanda(UnstructuredMethod):
     """Wanda: |w_ij| * ||X_j||_2, compared per output row (Sun et al., 2023)."""
 
     name = "wanda"
+    memory = MemoryPolicy(SEQUENTIAL_NORMS, streams_weights=True, budget=OFFLOAD_CHOSEN)
     default_group = "row"
     score_name = "|w_ij| * ||X_j||_2"
 
@@ -203,6 +205,7 @@ class SparseGPT(UnstructuredMethod):
 
     name = "sparsegpt"
     options = OBSOptions
+    memory = MemoryPolicy(SEQUENTIAL_HESSIANS, streams_weights=True, budget=OFFLOAD_CHOSEN)
     default_group = "columns:128"
     score_name = "OBS w^2 / [chol(H^-1)]_jj^2 with reconstruction"
 
