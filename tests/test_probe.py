@@ -130,3 +130,48 @@ def test_hub_kernels_stay_off_unless_asked(tiny_model_dir, monkeypatch):
     assert not any(type(m).__module__.startswith("kernels") for m in lm.model.modules())
     monkeypatch.setenv(loading.HUB_KERNELS_ENV, "1")
     assert loading.hub_kernels()
+
+
+def test_eval_checks_positions_data_and_output_before_the_work(tiny_model_dir, data_dir, tmp_path, capsys, monkeypatch):
+    model = str(tiny_model_dir)
+    err = cli_error(capsys, "eval", model, "--ppl", "wikitext2", "--seqlen", "100000", "--max-windows", "1",
+                    "--data-dir", str(data_dir))
+    assert "--seqlen 100000 is longer than the 256 positions the model was trained for" in err
+    _no_load(monkeypatch)
+    assert "unknown dataset 'wikitext3'" in cli_error(capsys, "eval", model, "--ppl", "wikitext3", "--data-dir", str(data_dir))
+    assert "data file not found" in cli_error(capsys, "eval", model, "--ppl", str(tmp_path / "missing.txt"))
+    (tmp_path / "results.json").write_text("{}")
+    assert "already exists" in cli_error(capsys, "eval", model, "--out", str(tmp_path / "results.json"),
+                                         "--data-dir", str(data_dir))
+    assert "--seed must be 0 or more" in cli_error(capsys, "eval", model, "--tasks", "piqa", "--sample", "2",
+                                                   "--seed", "-1", "--data-dir", str(data_dir))
+
+
+def test_a_file_export_over_a_directory_is_refused_before_the_conversion(tiny_model_dir, data_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    _prune(capsys, tiny_model_dir, data_dir, "--out", str(tmp_path / "pruned"))
+    (tmp_path / "taken").mkdir()
+    _no_load(monkeypatch)
+    err = cli_error(capsys, "export", str(tmp_path / "pruned"), "--format", "gguf", "--out", str(tmp_path / "taken"),
+                    "--overwrite")
+    assert "is a directory, and --format gguf writes one file" in err
+
+
+def test_from_report_refuses_another_model_and_recomputes_the_ratio(tiny_model_dir, byte_tokenizer, data_dir, tmp_path,
+                                                                    capsys):
+    _prune(capsys, tiny_model_dir, data_dir, "--out", str(tmp_path / "searched"))
+    saved = tmp_path / "searched" / "report.json"
+    other = tmp_path / "four-layers"
+    from transformers import AutoModelForCausalLM
+    from conftest import tiny_config
+
+    config = tiny_config("llama")
+    config.num_hidden_layers = 4
+    AutoModelForCausalLM.from_config(config).save_pretrained(other)
+    byte_tokenizer.save_pretrained(other)
+    err = cli_error(capsys, "prune", str(other), "--method", "blockpruner", "--from-report", str(saved), "--calib", "alpaca",
+                    "--samples", "2", "--seqlen", "16", "--eval-max-windows", "1", "--data-dir", str(data_dir))
+    assert "is the search of another model" in err and "decoder layers: 3 there, 4 here" in err
+    _prune(capsys, tiny_model_dir, data_dir, "--from-report", str(saved), "--out", str(tmp_path / "again"))
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["ratio"] == json.loads(saved.read_text())["ratio"] and again["steps"][0]["ratio"] == again["ratio"]

@@ -10,6 +10,7 @@ import signal
 import threading
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
 from .version import __version__
@@ -27,6 +28,8 @@ from .files import check_output_path, write_json_atomic, write_text_atomic
 from .models.loading import DTYPES, resolve_device
 from .options import flag_of, own_fields
 from .plan import load_config, make_plan, parse_bytes, render
+from .reporting.provenance import package_versions
+from .resume import Checkpoint
 from .registry import METHODS, get_method, list_methods, make_options, run_shape
 from .reporting.markdown import render_comparison, render_results
 from .reporting.report import Report, UnstructuredReport
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
     ev.add_argument("--out", help="write the results (with their protocol) to this JSON file")
     ev.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ev.add_argument("--fresh", action="store_true", help="discard the checkpoint a killed evaluation into --out left "
+                                                         "(OUT.checkpoint); without it, the same command resumes from it")
     _add_model_options(ev)
     _add_data_options(ev)
 
@@ -184,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--speed", action="store_true", help="also measure decode tokens/s, dense vs pruned (structured methods)")
     pr.add_argument("--out", help="write the pruned model, report.json and report.md to this directory")
     pr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pr.add_argument("--fresh", action="store_true", help="discard the checkpoint a killed run of --out left (OUT.checkpoint) "
+                                                         "and start over; without it, the same command resumes from it")
     engine_formats = [e for e in EXPORTERS.values() if not e.is_checkpoint]
     pr.add_argument("--format", default=DEFAULT_FORMAT, help=f"{DEFAULT_FORMAT} (default); " + "; ".join(
         f"{e.name} also writes {e.inside_pruned_directory} in --out for {e.engine}" for e in engine_formats))
@@ -242,8 +249,19 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     settings = EvalSettings(seqlen=args.seqlen, max_windows=args.max_windows, batch_size=args.batch_size,
                             data_dir=args.data_dir, text_field=args.text_field, limit=args.limit, sample=args.sample,
                             seed=args.seed, speed=speed, backend=args.backend)
+    checkpoint = None
+    if args.out:  # each set and task done is kept beside --out until the results are written
+        protocol = {"model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+                    "ppl": ppl, "tasks": tasks, "settings": dataclasses.asdict(settings), "dtype": args.dtype,
+                    "device": args.device, "log_samples": bool(args.log_samples), "processes": Ranks.of_launch().world,
+                    "versions": {k: v for k, v in package_versions().items() if k in ("secateurs", "torch", "transformers")}}
+        launch = Ranks.of_launch()
+        checkpoint = Checkpoint.open(args.out, protocol, fresh=args.fresh, writer=launch.main, rank=launch.rank)
+        if checkpoint.found and not args.quiet:
+            print(f"resuming from {checkpoint.root}: the sets and tasks it holds are not run again (--fresh starts over)",
+                  file=sys.stderr)
     result = evaluate(args.model, ppl=ppl, tasks=tasks, settings=settings, log_samples=log, dtype=args.dtype,
-                      device=args.device, progress=not args.quiet)
+                      device=args.device, progress=not args.quiet, checkpoint=checkpoint)
     result["command"] = ["secateurs", *args.argv]
     if not Ranks.from_environment(resolve_device(args.device)).main:
         return  # under torchrun, rank 0 prints and writes
@@ -257,6 +275,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote {args.log_samples} ({len(log)} items)")
     if args.out:
         write_json_atomic(args.out, result)
+        checkpoint.remove()
         print(f"wrote {args.out}")
 
 
@@ -268,7 +287,7 @@ def _print_unstructured(report: UnstructuredReport) -> None:
         print(f"{name} PPL {ev.dense_ppl:.3f} -> {ev.pruned_ppl:.3f}")
 
 
-RECIPE_COMPANIONS = {"--recipe", "--out", "--overwrite", "-q", "--quiet", "--format",  # flags allowed with --recipe
+RECIPE_COMPANIONS = {"--recipe", "--out", "--overwrite", "--fresh", "-q", "--quiet", "--format",  # flags allowed with --recipe
                      *(flag_of(f) for _, f in option_fields())}
 
 
@@ -284,7 +303,7 @@ def _recipe_spec(args: argparse.Namespace, output: OutputSpec) -> RunSpec:
 
 def _cmd_prune(args: argparse.Namespace) -> None:
     output = OutputSpec(args.out, args.overwrite, command=["secateurs", *args.argv], format=args.format,
-                        **_format_option_values(args))
+                        fresh=args.fresh, **_format_option_values(args))
     if args.recipe:
         result = run_spec(_recipe_spec(args, output))
         if result.main:

@@ -43,6 +43,9 @@ def export(directory: str | Path, fmt: str, out: str | Path, *, overwrite: bool 
     directory = Path(directory)
     exporter, typed = get_exporter(fmt), export_options(fmt, options)
     check_output_path(out, overwrite)  # before the model loads
+    if exporter.writes_file and Path(out).is_dir():
+        raise SecateursError(f"--out {out} is a directory, and --format {fmt} writes one file: name the file "
+                             f"(e.g. {Path(out) / 'model.gguf'})")
     if not (directory / "config.json").is_file() or not pruning_record(directory):
         raise SecateursError(f"{directory} was not written by `secateurs prune` (no secateurs_pruning in its config.json)")
     if exporter.is_checkpoint:

@@ -1,7 +1,7 @@
 """Load a causal LM from a built-in alias, a GGUF file, a local directory or a Hugging Face id.
 
-GGUF files are dequantised by transformers once, then cached as safetensors (keyed on the file's
-sha256) so that later loads take a fraction of a second.
+GGUF files are dequantised once, tensor by tensor (models/gguf_cache.py), then cached as safetensors
+(keyed on the file's sha256) so that later loads take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..compat import warn_if_untested
 from ..errors import SecateursError
 from .checkpoint import pruning_record, removed_blocks, restore_removed
 from .streaming import load_streamed
+from .gguf_cache import plan_dequantisation
 from ..files import atomic_directory, sha256_file
 from .builtin import BUILTIN_MODELS, builtin_gguf, cache_root
 from ..resources import all_finite, device_of, dtype_of
@@ -79,24 +80,87 @@ def resolve_dtype(dtype: str) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
+HUB_KERNELS_ENV = "SECATEURS_HUB_KERNELS"  # 1: let transformers swap layers for kernels from the hub
+
+
+def hub_kernels() -> bool:
+    """Whether transformers may replace layers with compiled kernels downloaded from the hub (off unless
+    the user opts in with ``SECATEURS_HUB_KERNELS=1``): that is code from the network, and other
+    numerics than the ones the methods were validated with."""
+    return os.environ.get(HUB_KERNELS_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def _reason(exc: Exception) -> str:
+    """The part of an exception's message that says what is wrong, on one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    reason = lines[0]
+    for line in lines[1:3]:  # a first line that ends in ':' goes on in the next ones ("one of: ...")
+        if not reason.endswith(":"):
+            break
+        reason = f"{reason} {line}"
+    return reason
+
+
 def _from_pretrained(path_or_id: str, what: str, **kwargs: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Load model, tokenizer and transformers' loading info; any failure becomes one SecateursError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = {"local_files_only": True} if kwargs.pop("offline", False) else {}
+    if "gguf_file" not in kwargs:
+        kwargs["use_safetensors"] = True  # never unpickle weights: a pickle can run code when it loads
     try:  # never run code shipped with a model (auto_map): trust_remote_code is always False
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, gguf_file=kwargs.get("gguf_file"),
                                                   trust_remote_code=False, **local)
         model, info = AutoModelForCausalLM.from_pretrained(path_or_id, output_loading_info=True,
-                                                           trust_remote_code=False, **local, **kwargs)
+                                                           trust_remote_code=False, use_kernels=hub_kernels(),
+                                                           **local, **kwargs)
         if kwargs.get("dtype") == "auto" and dtype_of(model) not in DTYPES.values():
             model = model.float()  # an integer or exotic checkpoint dtype: compute in float32
     except Exception as exc:  # noqa: BLE001 - arbitrary files raise anything (SafetensorError, struct.error, ...)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SecateursError(f"could not load {what}: {first_line}") from exc
+        reason = _reason(exc)
+        if "ignore_mismatched_sizes" in reason and Path(path_or_id).is_dir():
+            reason = shape_mismatch(Path(path_or_id)) or reason
+        raise SecateursError(f"could not load {what}: {reason}") from exc
     model.eval()
     check_finite(model, what)
     return model, tokenizer, info
+
+
+def shape_mismatch(directory: Path) -> str | None:
+    """The first weight whose shape in ``directory``'s safetensors files differs from what its config.json
+    builds (the model built on the meta device, no memory); None if every shape agrees."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(str(directory), trust_remote_code=False)).state_dict().items()}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                shape = tuple(handle.get_slice(name).get_shape())
+                if name in expected and expected[name] != shape:
+                    return (f"weight {name} has shape {list(shape)} in {file.name}, but config.json makes it "
+                            f"{list(expected[name])} (does config.json belong to these weights?)")
+    return None
+
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _check_directory_files(path: Path) -> None:
+    """Weights as safetensors, and a tokenizer: said in one line before transformers is asked to load."""
+    if not list(path.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+        if pickles:
+            raise SecateursError(f"{path} holds its weights as pickles ({pickles[0]}); secateurs loads only "
+                                 "safetensors weights, since unpickling can run code: convert them first "
+                                 "(load and save_pretrained with transformers, where you trust the file)")
+        raise SecateursError(f"{path} has no weights: no .safetensors file beside its config.json")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SecateursError(f"{path} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} (save the model's "
+                             "tokenizer into the directory with save_pretrained)")
 
 
 def _placed_on(device: torch.device) -> dict[str, Any]:
@@ -126,12 +190,38 @@ def _refuse_remote_code(path: Path) -> None:
                                  "code shipped with a model")
 
 
+class _CachedMeanwhile(Exception):
+    """Another process finished writing the same cache entry first: its directory is kept."""
+
+
 def _dequantised_cache(gguf: Path, digest: str) -> Path:
-    """Dequantise ``gguf`` once into a safetensors directory under the cache; return that directory."""
+    """Dequantise ``gguf`` once into a safetensors directory under the cache; return that directory.
+
+    Tensor by tensor (models/gguf_cache.py), so memory holds a shard of the weights, not the model; an
+    architecture that cannot be written so is loaded whole by transformers and saved."""
     target = cache_root() / "models" / f"gguf-{digest[:16]}"
     if (target / "config.json").is_file():
         return target
     log.info("dequantising %s (first load only; cached in %s)", gguf.name, target)
+    try:
+        plan = plan_dequantisation(gguf)
+        if plan is None:
+            return _whole_model_cache(gguf, target)
+        with atomic_directory(target, overwrite=True) as tmp:  # replaces an entry left incomplete by an older version
+            plan.write(tmp)
+            if (target / "config.json").is_file():
+                raise _CachedMeanwhile
+    except _CachedMeanwhile:
+        pass
+    except SecateursError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - arbitrary files raise anything (ValueError, struct.error, ...)
+        raise SecateursError(f"could not load GGUF file {gguf}: {_reason(exc)}") from exc
+    return target
+
+
+def _whole_model_cache(gguf: Path, target: Path) -> Path:
+    """Load ``gguf`` whole through transformers and save it as ``target`` (every weight in memory at once)."""
     model, tokenizer, _ = _from_pretrained(
         str(gguf.parent), f"GGUF file {gguf}", gguf_file=gguf.name, dtype=torch.float32
     )
@@ -168,6 +258,7 @@ def _load_directory(path: Path, dtype: torch.dtype | str, device: torch.device, 
             + (f" and {len(ggufs)} GGUF files (name one)" if ggufs else "")
         )
     _refuse_remote_code(path)
+    _check_directory_files(path)
     pruning = pruning_record(path)
     removed = removed_blocks(pruning)
     if not removed:
