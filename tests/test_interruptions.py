@@ -6,6 +6,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+import torch
+
 from secateurs.files import _host, remove_stale_work, work_directory
 from secateurs.offload import DiskTensors
 
@@ -49,3 +52,127 @@ def test_a_killed_streamed_prune_leaves_nothing_the_next_run_keeps(tiny_model_di
     assert done.returncode == 0, done.stderr
     assert list(work.iterdir()) == []  # the killed run's work is gone, and this run removed its own
     assert not (tmp_path / "killed").exists()
+
+
+def test_a_killed_suite_evaluation_resumes_without_redoing_what_was_done(tiny_model_dir, data_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The evaluation stops (as if killed) inside its second task; run again, it does only what was left."""
+    import json
+
+    from secateurs.cli import main
+    from secateurs.evaluation import evaluate as evaluation
+
+    out = tmp_path / "results.json"
+    argv = ["--quiet", "eval", str(tiny_model_dir), "--ppl", "wikitext2", "--tasks", "piqa,arc_easy", "--limit", "2",
+            "--seqlen", "32", "--max-windows", "2", "--data-dir", str(data_dir), "--out", str(out)]
+    scored, real, dies = [], evaluation.run_task, [True]
+
+    def counting(model, tokenizer, data, *args, **kwargs):
+        scored.append(data.task.name)
+        if data.task.name == "arc_easy" and dies and dies.pop():
+            raise KeyboardInterrupt  # the first run dies here
+        return real(model, tokenizer, data, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "run_task", counting)
+    assert main(argv) == 130 and not out.exists()
+    assert json.loads((tmp_path / "results.json.checkpoint" / "evaluation" / "state.json").read_text())["tasks"]
+    assert main(argv) == 0
+    assert scored == ["piqa", "arc_easy", "arc_easy"]  # piqa was not scored again
+    resumed = json.loads(out.read_text())
+    assert not (tmp_path / "results.json.checkpoint").exists()
+    scored.clear()
+    assert main([*argv[:-1], str(tmp_path / "whole.json")]) == 0 and scored == ["piqa", "arc_easy"]
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert resumed["tasks"] == whole["tasks"] and resumed["perplexity"] == whole["perplexity"]
+    (tmp_path / "results.json.checkpoint" / "evaluation").mkdir(parents=True)
+    (tmp_path / "results.json.checkpoint" / "protocol.json").write_text(json.dumps({"model": "another"}))
+    out.unlink()
+    capsys.readouterr()
+    assert main(argv) == 2 and "holds a checkpoint of another run (device was None, now 'auto')" in capsys.readouterr().err
+
+
+def _weights(directory):
+    """Every tensor of a saved model (one safetensors file or shards)."""
+    from safetensors.torch import load_file
+
+    return {k: v for file in sorted(directory.glob("*.safetensors")) for k, v in load_file(file).items()}
+
+
+@pytest.mark.parametrize("offload", ["none", "disk"])
+def test_a_killed_sequential_prune_continues_after_its_last_layer(offload, byte_tokenizer, data_dir, tmp_path):
+    """SparseGPT killed (SIGKILL) between layers; run again, it prunes only the layers left, bit-identically."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+    from secateurs.cli import main
+
+    config = tiny_config("llama")
+    config.num_hidden_layers = 6  # enough layers for the kill to land mid-way
+    model = tmp_path / "six-layers"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model)
+    byte_tokenizer.save_pretrained(model)
+    work = tmp_path / "work"
+    work.mkdir()
+    command = ["--quiet", "prune", str(model), "--method", "sparsegpt", "--sparsity", "0.5", "--calib", "c4",
+               "--samples", "1", "--seqlen", "64", "--offload", offload, "--offload-dir", str(work),
+               "--data-dir", str(data_dir), "--eval-max-windows", "1"]
+    out, state = tmp_path / "resumed", tmp_path / "resumed.checkpoint" / "sequential" / "state.json"
+    child = subprocess.Popen([sys.executable, "-m", "secateurs", *command, "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline:
+        if state.is_file() and json.loads(state.read_text())["layers_done"] >= 1:
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_after = json.loads(state.read_text())["layers_done"]
+    assert 1 <= killed_after < 6, "the kill did not land between layers"
+    assert main([*command, "--out", str(out)]) == 0
+    assert main([*command, "--out", str(tmp_path / "whole")]) == 0
+    resumed, whole = _weights(out), _weights(tmp_path / "whole")
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+    details = json.loads((out / "report.json").read_text())["details"]
+    assert details["resumed"] == {"stage": "sequential", "after": killed_after}
+    assert details["this_run"] == {"layers": 6 - killed_after}
+    assert json.loads((tmp_path / "whole" / "report.json").read_text())["details"]["this_run"] == {"layers": 6}
+    assert not (tmp_path / "resumed.checkpoint").exists() and list(work.iterdir()) == []
+
+
+def test_dpruner_resumes_after_an_epoch_with_its_general_importance_kept(tiny_model_dir, data_dir, tmp_path,
+                                                                         monkeypatch):
+    """D-Pruner stopped once its first epoch is kept; run again, it reuses G and does the second epoch only."""
+    import json
+
+    from secateurs.cli import main
+    from secateurs.unstructured import dpruner
+
+    argv = ["--quiet", "prune", str(tiny_model_dir), "--method", "dpruner", "--sparsity", "0.5", "--domain",
+            "healthcare", "--general-calib", "c4", "--data-dir", str(data_dir), "--seqlen", "32", "--samples", "1",
+            "--domain-samples", "1", "--dpruner-batch-size", "4", "--dpruner-steps", "2", "--eval-max-windows", "1"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    out, checkpoint = tmp_path / "resumed", tmp_path / "resumed.checkpoint"
+    save = dpruner.DomainImportance.save
+
+    def stopping(self, *args):
+        save(self, *args)
+        raise KeyboardInterrupt  # stopped once the first epoch is kept
+
+    monkeypatch.setattr(dpruner.DomainImportance, "save", stopping)
+    assert main([*argv, "--out", str(out)]) == 130
+    assert json.loads((checkpoint / "general_importance" / "state.json").read_text())
+    assert json.loads((checkpoint / "domain_epochs" / "state.json").read_text())["epochs_done"] == 1
+    monkeypatch.setattr(dpruner.DomainImportance, "save", save)
+    monkeypatch.setattr(dpruner, "general_importance", lambda *a, **k: pytest.fail("G was computed again"))
+    assert main([*argv, "--out", str(out)]) == 0
+    assert not checkpoint.exists()
+    resumed, whole = _weights(out), _weights(tmp_path / "whole")
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+    details = [json.loads((d / "report.json").read_text())["details"] for d in (out, tmp_path / "whole")]
+    assert details[0]["resumed"] == {"stage": "domain_epochs", "after": 1}
+    assert details[0]["this_run"] == {"general_importance": False, "epochs": 1}
+    assert details[1]["this_run"] == {"general_importance": True, "epochs": 2} and "resumed" not in details[1]
+    assert details[0]["training"] == details[1]["training"]  # every epoch's loss, as one run has them
+    assert details[0]["penalty_to_gradient_ratio"] == details[1]["penalty_to_gradient_ratio"]

@@ -94,6 +94,12 @@ class Stage:
         except Exception as exc:  # noqa: BLE001 - a missing or torn file: the checkpoint cannot be used
             raise SecateursError(f"cannot read the checkpoint {file}: {exc}; run with --fresh to start over") from exc
 
+    @staticmethod
+    def slot(name: str, step: int) -> str:
+        """The name to save ``name`` under at step ``step``: two slots taken in turn, so that the tensors
+        of a step in progress never replace those of the last completed one, which the state names."""
+        return f"{name}.{step % 2}"
+
     def _file(self, name: str, own: bool) -> str:
         return f"{name}.rank{self.checkpoint.rank}.safetensors" if own else f"{name}.safetensors"
 

@@ -6,7 +6,8 @@ methods, and perplexity with streamed weights. The embeddings run once to captur
 windows, the residual stream entering layer 0 and every layer's call arguments; then each layer in
 turn has its weights onloaded (models/streaming.py), the caller gets the layer's cached inputs and a
 fresh cache to fill with its outputs, and these outputs become the next layer's inputs. After the
-last layer, ``LayerWalk.hidden`` holds the stream entering the final norm.
+last layer, ``LayerWalk.hidden`` holds the stream entering the final norm. A walk resumed from a
+checkpoint starts at a later layer from a saved stream (``LayerWalk.start_at``).
 
 The caches live where ``--offload`` says (an ActivationCache: the compute device, CPU memory or
 disk); each is closed as soon as it is no longer needed, and all of them when the walk ends, also on
@@ -16,7 +17,7 @@ an error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -63,6 +64,7 @@ class LayerWalk:
         self.adapter, self.batches, self.offload, self.writable = adapter, batches, offload, writable
         self.progress, self.desc, self.leave = progress, desc, leave
         self.hidden: ActivationCache | None = None  # the stream entering the current layer, per batch
+        self.start = 0  # the first layer the walk visits
         self._kwargs: list[list[dict[str, Any]]] = []  # per batch, per layer
         self._steps: Iterator[LayerStep] | None = None
 
@@ -79,14 +81,23 @@ class LayerWalk:
             raise
         return self
 
+    def start_at(self, index: int, inputs: Iterable[torch.Tensor]) -> None:
+        """Begin at layer ``index``, with ``inputs`` (one tensor per batch) as the stream entering it, instead
+        of the captured one entering layer 0 (a walk resumed from a checkpoint). Call it before iterating."""
+        self.hidden.close()
+        self.hidden = self._cache()
+        for tensor in inputs:
+            self.hidden.append(tensor)
+        self.start = index
+
     def __iter__(self) -> Iterator[LayerStep]:
         self._steps = self._walk()
         return self._steps
 
     def _walk(self) -> Iterator[LayerStep]:
         adapter = self.adapter
-        for index in tqdm(range(adapter.num_layers), desc=self.desc, unit="layer", disable=not self.progress,
-                          leave=self.leave):
+        for index in tqdm(range(self.start, adapter.num_layers), desc=self.desc, unit="layer", initial=self.start,
+                          total=adapter.num_layers, disable=not self.progress, leave=self.leave):
             out = self._cache()
             try:
                 with adapter.weights.onloaded(adapter.layers[index], writable=self.writable):

@@ -14,6 +14,7 @@ from ..models.adapter import Block
 from ..models.checkpoint import save_pruned
 from ..reporting.report import CalibrationPerplexity, StructuredReport, read_report
 from ..structured.methods import Selection
+from ..structured.search import removal_ratio
 from .frame import PruneResult, Run, compare
 from .spec import RunSpec
 
@@ -27,9 +28,10 @@ def run_structured(spec: RunSpec) -> PruneResult:
     with run.timed("search_s"):
         windows = run.calibration(None, spec.data.samples)
         if options.from_report is None:
-            selection = spec.method.select(adapter, windows, options, progress=spec.progress)
+            resume = {"checkpoint": run.checkpoint} if spec.method.resumable else {}  # a plugin's may not take it
+            selection = spec.method.select(adapter, windows, options, progress=spec.progress, **resume)
         else:
-            selection = steps_from_report(options.from_report, options.blocks)
+            selection = steps_from_report(options.from_report, options.blocks, run)
     removed = [Block.parse(name) for name in selection.steps[-1].removed]
     if len(removed) == 2 * adapter.num_layers:
         raise SecateursError(f"{spec.method.name} would remove every block: no decoder layer would be left "
@@ -80,13 +82,26 @@ def run_structured(spec: RunSpec) -> PruneResult:
     return PruneResult(run.lm, removed, report, run.adapter.ranks.main)
 
 
-def steps_from_report(path: str | os.PathLike, k: int | None) -> Selection:
-    """A saved search re-applied at level k, without searching again."""
+def steps_from_report(path: str | os.PathLike, k: int | None, run: Run) -> Selection:
+    """A saved search re-applied at level k, without searching again. The report must be of this model
+    (its layer and parameter counts, and its file's sha256 where both have one); each step's ratio is
+    computed again on this model."""
     saved = read_report(path)
     if not isinstance(saved, StructuredReport):
         raise SecateursError(f"{path} is the report of a {saved.kind} run: it holds no search to re-apply")
+    adapter, source = run.adapter, run.lm.source
+    mismatch = [f"{what} {a} there, {b} here" for what, a, b in (
+        ("decoder layers:", saved.num_layers, adapter.num_layers),
+        ("parameters:", saved.dense_params, adapter.total_num_params()),
+        ("model sha256:", saved.model.get("sha256"), source.get("sha256"))) if a is not None and b is not None and a != b]
+    if mismatch:
+        raise SecateursError(f"{path} is the search of another model ({saved.model.get('spec')}; {mismatch[0]}): "
+                             "re-apply a search only to the model it was made on")
     steps = saved.steps
     k = len(steps) if k is None else k
     if not 1 <= k <= len(steps):
         raise SecateursError(f"{path} holds levels 1..{len(steps)}; cannot re-apply --blocks {k}")
-    return Selection(steps[:k], {}, saved.score, recipe=saved.recipe)
+    dense = adapter.total_num_params()
+    steps = [dataclasses.replace(s, ratio=removal_ratio(adapter, [Block.parse(n) for n in s.removed], dense))
+             for s in steps[:k]]
+    return Selection(steps, {}, saved.score, recipe=saved.recipe)

@@ -36,7 +36,7 @@ def _prune(run: Run) -> PruneResult:
     with run.timed("dense_evaluation_s"):
         dense = run.perplexities(eval_windows)
     with run.timed("prune_s"):
-        result = method.apply(run.adapter, calibration, options, progress=spec.progress)
+        result = method.apply(run.adapter, calibration, options, progress=spec.progress, checkpoint=run.checkpoint)
     with run.timed("evaluation_s"):
         evaluation = compare(dense, run.perplexities(eval_windows))
     for name, comparison in evaluation.items():

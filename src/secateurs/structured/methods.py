@@ -8,6 +8,9 @@
 | finercut           | MHA / MLP blocks   | JS divergence from the dense next-token distribution | greedy |
 | shortgpt           | layers (or blocks) | Block Influence 1 - cos(x_in, x_out)    | one shot |
 | relative-magnitude | layers (or blocks) | ||f(x)|| / ||x + f(x)||                 | one shot |
+
+The methods that score variants (``resumable``) save their progress in the run's checkpoint and continue
+from it (search.SavedProgress); the statistics take one pass and start over.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from ..options import Options, option
 from ..plan import (BLOCK_SEARCH, CPU_RUNTIME_BYTES, GIB, LAYER_STATISTIC, PREFIX_CACHE, PREFIX_CACHE_KEPT, MemoryPolicy,
                     RunShape, choose_division, make_plan, parse_bytes)
 from ..resources import device_of
+from ..resume import Checkpoint
 from .search import (
     Cost,
     Halving,
     combined_cost,
+    SavedProgress,
     SearchStep,
     Unit,
     VariantEvaluator,
@@ -43,6 +48,7 @@ from .search import (
     greedy_search,
     layer_units,
     one_shot_ranking,
+    one_shot_totals,
 )
 
 
@@ -141,7 +147,7 @@ class Selection:
     score_name: str
     steps_score_calibration_nll: bool = False  # step.score is the mean NLL of that step's removal set
     recipe: dict[str, Any] = field(default_factory=dict)  # a saved search's recipe, when re-applied
-    search: str = ""  # how a search compared its candidates: exact, or the approximation used
+    search: str = ""  # how a search compared its candidates (exact, or the approximation used); if it resumed
 
 
 class StructuredMethod:
@@ -156,6 +162,8 @@ class StructuredMethod:
     score_name: ClassVar[str] = "calibration mean NLL"
     # the searches hold a prefix cache; --max-memory keeps the part of it that fits
     memory: ClassVar[MemoryPolicy] = MemoryPolicy(BLOCK_SEARCH, budget=PREFIX_CACHE_KEPT)
+    # select takes checkpoint= (the run's, resume.py): it saves its progress there and continues from it
+    resumable: ClassVar[bool] = False
 
     def units(self, adapter: ModelAdapter, options: StructuredOptions) -> list[Unit]:
         return block_units(adapter, options.block_type)
@@ -174,6 +182,7 @@ class StructuredMethod:
 
     def select(self, adapter: ModelAdapter, windows: TokenWindows, options: StructuredOptions,
                progress: bool = True) -> Selection:
+        """The removal sets; a ``resumable`` method also takes ``checkpoint: Checkpoint | None``."""
         raise NotImplementedError
 
 
@@ -194,11 +203,13 @@ def windows_divided(adapter: ModelAdapter, windows: TokenWindows, options: Searc
     return ranks
 
 
-def _search_name(options: SearchOptions, evaluator: VariantEvaluator) -> str:
+def _search_name(options: SearchOptions, evaluator: VariantEvaluator, saved: SavedProgress | None) -> str:
     name = options.halving.describe() if options.halving else "exact" + (" (naive)" if options.naive else "")
     if evaluator.adapter.ranks.world > 1:
         what = "batches of windows" if evaluator.divided else "candidates"
         name += f"; its {what} dealt over {evaluator.adapter.ranks.world} processes"
+    if saved is not None and saved.note:
+        name += f"; {saved.note}"
     return name
 
 
@@ -206,15 +217,18 @@ class GreedyPPL(StructuredMethod):
     """BlockPruner: greedy iterative removal of the MHA/MLP block with the lowest calibration PPL."""
 
     name = "blockpruner"
+    resumable = True
 
-    def select(self, adapter, windows, options, progress=True):
+    def select(self, adapter, windows, options, progress=True, checkpoint: Checkpoint | None = None):
         units = self.units(adapter, options)
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
                                      keep_layers=prefix_cache_layers(adapter, windows, options),
                                      divided_over=windows_divided(adapter, windows, options))
-        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving)
+        saved = SavedProgress.open(checkpoint, adapter.ranks)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving,
+                              saved)
         return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
-                         steps_score_calibration_nll=True, search=_search_name(options, evaluator))
+                         steps_score_calibration_nll=True, search=_search_name(options, evaluator, saved))
 
 
 class LayerSearch(GreedyPPL):
@@ -232,6 +246,7 @@ class OneShotPPL(StructuredMethod):
     name = "one-shot-ppl"
 
     score_name = "calibration mean NLL with the unit alone removed from the dense model"
+    resumable = True
 
     def check(self, adapter, options):
         super().check(adapter, options)
@@ -241,16 +256,17 @@ class OneShotPPL(StructuredMethod):
         if options.divide == "windows":
             raise SecateursError("--divide windows is for the greedy searches: one-shot-ppl deals its candidates")
 
-    def select(self, adapter, windows, options, progress=True):
+    def select(self, adapter, windows, options, progress=True, checkpoint: Checkpoint | None = None):
         units = self.units(adapter, options)
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, fast=not options.naive,
                                      keep_layers=prefix_cache_layers(adapter, windows, options))
         evaluator.prepare()
-        totals = adapter.ranks.merge({i: evaluator.total(u) for i, u in adapter.ranks.share(units)})
-        scores = {u.name: total / evaluator.n_windows for u, total in zip(units, totals)}
+        saved = SavedProgress.open(checkpoint, adapter.ranks)
+        totals = one_shot_totals(evaluator, units, adapter.ranks, saved)
+        scores = {name: total / evaluator.n_windows for name, total in totals.items()}
         steps = one_shot_ranking(adapter, units, scores, options.blocks, options.ratio)
         return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
-                         search=_search_name(options, evaluator))
+                         search=_search_name(options, evaluator, saved))
 
 
 def _js_loss(reference: list[torch.Tensor]):
@@ -273,8 +289,9 @@ class FinerCut(StructuredMethod):
     name = "finercut"
 
     score_name = "mean JS divergence from the dense model"
+    resumable = True
 
-    def select(self, adapter, windows, options, progress=True):
+    def select(self, adapter, windows, options, progress=True, checkpoint: Checkpoint | None = None):
         units = self.units(adapter, options)
         with torch.no_grad():
             device = device_of(adapter.model)
@@ -285,9 +302,11 @@ class FinerCut(StructuredMethod):
         evaluator = VariantEvaluator(adapter, windows, options.batch_size, loss=_js_loss(reference),
                                      fast=not options.naive, keep_layers=prefix_cache_layers(adapter, windows, options),
                                      divided_over=windows_divided(adapter, windows, options))
-        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving)
+        saved = SavedProgress.open(checkpoint, adapter.ranks)
+        steps = greedy_search(adapter, units, evaluator, options.blocks, options.ratio, progress, options.halving,
+                              saved)
         return Selection(steps, combined_cost(adapter.ranks, evaluator.cost), self.score_name,
-                         search=_search_name(options, evaluator))
+                         search=_search_name(options, evaluator, saved))
 
 
 def _unit_boundaries(adapter: ModelAdapter, unit: Unit) -> tuple[Any, Any]:

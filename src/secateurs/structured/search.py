@@ -27,13 +27,19 @@ The prefix cache holds 2L + 1 streams per window. Under a memory budget (``keep_
 inputs of that many layers, evenly spaced, are kept (checkpoints), and a candidate runs from the
 nearest checkpoint at or before its first block: the layers in between are recomputed, on the same
 tensors with the same modules, so the totals stay bit-identical (a test), at the cost of more work.
+
+A run with an output saves a search's progress in its checkpoint (resume.py, stage "search"): after each
+greedy step the steps so far and the candidates' losses the next step orders its work by (``Scored``,
+whose floats JSON keeps exactly); for a one-shot ranking, the totals of the units scored so far. The same
+command run again re-applies the removed blocks and continues from there (``SavedProgress``), choosing
+what an uninterrupted run chooses; its cost counts only its own work.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -45,10 +51,12 @@ from ..models.capture import FINAL, Recorder, run_layers
 from ..data import TokenWindows
 from ..evaluation.perplexity import next_token_nll
 from ..resources import device_of
+from ..resume import Checkpoint, Stage
 
 WindowLoss = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """(logits, input_ids, batch index) -> per-window loss >= 0, float32."""
 
+SEARCH_STAGE = "search"  # the checkpoint's stage that holds a search's progress
 
 
 def nll_loss(logits: torch.Tensor, input_ids: torch.Tensor, batch_index: int) -> torch.Tensor:
@@ -168,6 +176,16 @@ class Scored:
     def per_batch(self) -> dict[int, float]:
         """Each batch's summed loss, exact or (where only that is known) its lower bound."""
         return {**self.lower, **{b: sum(v) for b, v in self.exact.items()}}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON keys are text: the batches become strings (``from_json`` turns them back)."""
+        return {"exact": {str(b): v for b, v in self.exact.items()},
+                "lower": {str(b): v for b, v in self.lower.items()}, "abandoned": self.abandoned, "total": self.total}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Scored":
+        return cls({int(b): v for b, v in data["exact"].items()}, {int(b): v for b, v in data["lower"].items()},
+                   data["abandoned"], data["total"])
 
 
 class VariantEvaluator:
@@ -424,6 +442,48 @@ class SearchStep:
     block_window_evals: int = 0  # the work of this step (this process's)
 
 
+@dataclass
+class SavedProgress:
+    """A search's stage of the run's checkpoint (resume.py) and the state it held when the search began,
+    as rank 0 read it: every process resumes from the same step.
+
+    A greedy search's state: ``steps`` (SearchStep) and ``scored`` (the last step's candidates, by name:
+    their ``Scored``); a one-shot ranking's: ``totals`` (unit name -> total loss of the units scored).
+    """
+
+    stage: Stage
+    state: dict[str, Any] | None
+
+    @classmethod
+    def open(cls, checkpoint: Checkpoint | None, ranks: Ranks) -> "SavedProgress | None":
+        """None for a run without a checkpoint (no output): nothing is saved."""
+        if checkpoint is None:
+            return None
+        stage = checkpoint.stage(SEARCH_STAGE)
+        return cls(stage, ranks.gather(stage.state if ranks.main else None)[0])
+
+    @property
+    def note(self) -> str:
+        """What the report says of a search that continued a killed one ("" for one that did not)."""
+        if not self.state:
+            return ""
+        if "steps" in self.state:
+            return f"resumed after step {len(self.state['steps'])}"
+        return f"resumed with {len(self.state['totals'])} units already scored"
+
+    def steps(self) -> list[SearchStep]:
+        return [SearchStep(**s) for s in self.state["steps"]] if self.state else []
+
+    def scored(self) -> dict[str, Scored]:
+        return {name: Scored.from_json(s) for name, s in self.state["scored"].items()} if self.state else {}
+
+    def totals(self) -> dict[str, float]:
+        return dict(self.state["totals"]) if self.state else {}
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.stage.save_state(state)
+
+
 def removal_ratio(adapter: ModelAdapter, blocks: Iterable[Block], dense_params: int) -> float:
     """1 - params(pruned)/params(dense), counting every parameter (the papers' ratio)."""
     return sum(adapter.block_num_params(b) for b in set(blocks)) / dense_params
@@ -535,18 +595,22 @@ def greedy_search(
     target_ratio: float | None = None,
     progress: bool = True,
     halving: Halving | None = None,
+    saved: SavedProgress | None = None,
 ) -> list[SearchStep]:
     """Iteratively remove the unit whose removal gives the lowest total; ties go to the earlier unit.
 
     Exact unless ``halving`` is given (then the survivors of successive halving compete exactly).
+    ``saved``: where each completed step is saved, and the steps a killed run completed, to continue from.
     """
     dense = adapter.total_num_params()
-    removed: list[Block] = []
-    steps: list[SearchStep] = []
-    previous: dict[str, Scored] = {}
+    steps = saved.steps() if saved else []
+    previous = saved.scored() if saved else {}  # the last step's candidates: they order the next step's work
+    by_name = {u.name: u for u in units}
+    removed = [b for s in steps for b in by_name[s.unit].blocks]
     total_steps = max_steps or len(units)
     # Progress counts candidates (each step scores every unit not yet removed), so the ETA is honest.
-    bar = tqdm(total=_candidates_to_score(units, total_steps), desc="search", unit="cand", disable=not progress)
+    bar = tqdm(total=_candidates_to_score(units, total_steps), initial=_candidates_to_score(units, len(steps)),
+               desc="search", unit="cand", disable=not progress)
 
     def on_scored(count: int, best: str | None, best_total: float | None) -> None:
         bar.update(count)
@@ -555,7 +619,7 @@ def greedy_search(
                                 f"ppl {math.exp(best_total / evaluator.n_windows):.3f}")
 
     try:
-        while True:
+        while not (steps and _stop_reached(len(steps), steps[-1].ratio, max_steps, target_ratio)):
             candidates = [u for u in units if not set(u.blocks) & set(removed)]
             if not candidates:
                 break
@@ -591,11 +655,29 @@ def greedy_search(
                 block_window_evals=evaluator.cost.block_window_evals - work,
             ))
             previous = {candidates[i].name: s for i, s in step.scored.items()}
-            if _stop_reached(len(steps), ratio, max_steps, target_ratio):
-                break
+            if saved is not None:
+                saved.save({"steps": [asdict(s) for s in steps],
+                            "scored": {name: s.to_json() for name, s in previous.items()}})
     finally:
         bar.close()
     return steps
+
+
+def one_shot_totals(evaluator: VariantEvaluator, units: list[Unit], ranks: Ranks,
+                    saved: SavedProgress | None = None) -> dict[str, float]:
+    """Each unit's total loss with it alone removed from the current model (call ``evaluator.prepare``
+    first). The units are dealt over the processes a round at a time (unit i to rank i % world); after
+    each round every process holds the totals so far and ``saved`` records them, so that a resumed run
+    scores only the units left."""
+    totals = saved.totals() if saved else {}
+    left = [u for u in units if u.name not in totals]
+    for start in range(0, len(left), ranks.world):
+        round_ = left[start:start + ranks.world]
+        mine = {i: evaluator.total(unit) for i, unit in ranks.share(round_)}
+        totals.update(zip((u.name for u in round_), ranks.merge(mine)))
+        if saved is not None:
+            saved.save({"totals": totals})
+    return {u.name: totals[u.name] for u in units}
 
 
 def one_shot_ranking(

@@ -11,6 +11,12 @@
 
 Gradients are consumed parameter by parameter as soon as they are ready (post-accumulate-grad hooks)
 and freed, so no second full copy of the gradients ever exists.
+
+With a checkpoint (resume.py), G is kept once computed (stage ``general_importance``) and the domain
+step's state after each epoch (stage ``domain_epochs``: S, the updated weights W', the learning rate
+of the last update, the diagnostics and the losses); a killed run's successor reuses G and continues
+after the last completed epoch, with the masks of an uninterrupted run. A run killed inside step 1
+computes G again from the start: that pass is not resumed part-way.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from ..offload import DiskTensors
 from ..defaults import DPRUNER_EPOCHS, DPRUNER_UPDATE_BATCH
 from ..options import option
 from ..plan import DOMAIN_TRAINING, OFFLOAD_CHOSEN, MemoryPolicy
-from .methods import OBSOptions, Pruned, UnstructuredMethod, apply_mask
+from ..resume import Checkpoint, Stage
+from .methods import Calibration, OBSOptions, Pruned, UnstructuredMethod, apply_mask
 from ..resources import device_of
 
 VARIANTS = ("paper", "code")
@@ -51,6 +58,7 @@ IMPORTANCE_FORMAT = "secateurs-general-importance-v1"
 CODE_PENALTY_SCALE = 1 / 1000  # the authors' code: 2 lambda lr^2 G g^2 / 1000
 CODE_SQUARE_SCALE = 1 / 2000  # the authors' code: |t + t^2 / 2000 + w^3|
 GENERAL_IMPORTANCE_FILE = "general_importance.safetensors"
+GENERAL_STAGE, DOMAIN_STAGE = "general_importance", "domain_epochs"  # their stages in a checkpoint
 LOSS_CHUNK_TOKENS = 512  # positions (over the batch) whose logits exist at once in the domain step
 
 
@@ -131,7 +139,12 @@ def load_importance(path: str | os.PathLike, adapter: ModelAdapter) -> dict[str,
         if tuple(importance[name].shape) != tuple(linear.weight.shape):
             raise SecateursError(f"{path}: importance of {name} has shape {tuple(importance[name].shape)}, "
                                  f"the model's matrix has {tuple(linear.weight.shape)}: it was computed for another model")
-    return {name: importance[name].to(linears[name].weight.device) for name in linears}
+    return _on_devices(importance, adapter)
+
+
+def _on_devices(importance: dict[str, torch.Tensor], adapter: ModelAdapter) -> dict[str, torch.Tensor]:
+    """``importance`` of each prunable matrix on its matrix's device."""
+    return {name: importance[name].to(linear.weight.device) for name, linear in adapter.prunable_linears().items()}
 
 
 # --- steps 2 and 3: domain importance under the refined loss ------------------------------------------
@@ -184,6 +197,31 @@ class DomainImportance:
             self.scores[name] += t.addcmul_(t, t, value=0.5).abs_()
         else:
             self.scores[name] += t.addcmul_(t, t, value=CODE_SQUARE_SCALE).add_(w.pow(3)).abs_()
+
+    def save(self, stage: Stage, epochs: int, losses: list[float], weights: dict[str, nn.Parameter]) -> None:
+        """Keep the state after ``epochs`` epochs: S, the updated ``weights``, and what the next epoch reads."""
+        stage.save_tensors(Stage.slot("scores", epochs), self.scores)
+        if weights:
+            stage.save_tensors(Stage.slot("weights", epochs), weights)
+        stage.save_state({"epochs_done": epochs, "losses": losses, "lr_previous": self.lr_previous,
+                          "penalty_abs": self.penalty_abs, "grad_abs": self.grad_abs})
+
+    @torch.no_grad()
+    def resume(self, stage: Stage, weights: dict[str, nn.Parameter]) -> tuple[int, list[float]]:
+        """Back to the state :meth:`save` kept (``weights`` take their updated values): the epochs done
+        and their losses; (0, []) if none was kept."""
+        state = stage.state
+        if state is None:
+            return 0, []
+        epochs = state["epochs_done"]
+        for name, saved in stage.load_tensors(Stage.slot("scores", epochs)).items():
+            self.scores[name].copy_(saved)
+        if weights:
+            for name, saved in stage.load_tensors(Stage.slot("weights", epochs)).items():
+                weights[name].copy_(saved)
+        self.lr_previous = state["lr_previous"]
+        self.penalty_abs, self.grad_abs = state["penalty_abs"], state["grad_abs"]
+        return epochs, state["losses"]
 
     def diagnostics(self) -> dict[str, float]:
         """Per matrix: mean |penalty gradient| / mean |g| (does the general term matter at all?)."""
@@ -240,20 +278,25 @@ def _backward_with_hooks(adapter: ModelAdapter, params: list[nn.Parameter], ids:
 
 
 def domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dict[str, torch.Tensor],
-                      options: DPrunerOptions, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """S for every prunable weight; the model's weights are restored before returning."""
+                      options: DPrunerOptions, progress: bool = True,
+                      stage: Stage | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """S for every prunable weight; the model's weights are restored before returning.
+
+    ``stage``: where the state after each epoch is kept, and found to continue from.
+    """
     training = options.steps > 0
     # the updates change every weight: the originals wait on disk (--offload-dir), read back one matrix at a time
     with DiskTensors(options.offload_dir, kind="dpruner") if training else contextlib.nullcontext() as originals:
-        return _domain_importance(adapter, windows, general, options, originals, progress)
+        return _domain_importance(adapter, windows, general, options, originals, progress, stage)
 
 
 def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: dict[str, torch.Tensor],
                        options: DPrunerOptions, originals: DiskTensors | None,
-                       progress: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                       progress: bool, stage: Stage | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     model = adapter.model
     acc = DomainImportance(adapter, general, options)
     training = originals is not None
+    updated = dict(model.named_parameters()) if training else {}  # W': what the updates change
     params = [p for p in model.parameters() if training or p in acc.targets]
     saved_flags = {p: p.requires_grad for p in model.parameters()}
     if training:
@@ -264,17 +307,18 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
     device = device_of(model)
     batches = [b.to(device) for b in windows.input_ids.split(options.update_batch_size)]
     ranks = adapter.ranks  # several processes: each runs its share of every update's windows
-    total_updates = max(1, options.steps) * len(batches)
-    losses: list[float] = []
+    epochs = max(1, options.steps)
+    total_updates = epochs * len(batches)
+    resumed, losses = acc.resume(stage, updated) if stage is not None else (0, [])
     was_training = model.training
     model.eval()  # no dropout: the importance must not depend on random masks
     trained = set(params)
     for p in model.parameters():
         p.requires_grad_(p in trained)
     try:
-        with torch.enable_grad(), tqdm(total=total_updates, desc="domain importance", unit="step",
-                                       disable=not progress) as bar:
-            for update in range(total_updates):
+        with torch.enable_grad(), tqdm(total=total_updates, initial=resumed * len(batches), desc="domain importance",
+                                       unit="step", disable=not progress) as bar:
+            for update in range(resumed * len(batches), total_updates):
                 everyone = batches[update % len(batches)]
                 mine = everyone[ranks.rank::ranks.world]
                 if len(everyone) >= ranks.world:
@@ -305,6 +349,8 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
                 acc.lr_previous = lr
                 bar.set_postfix_str(f"loss {losses[-1]:.3f}")
                 bar.update(1)
+                if stage is not None and (update + 1) % len(batches) == 0:  # an epoch is complete
+                    acc.save(stage, (update + 1) // len(batches), losses, updated)
     finally:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -317,6 +363,8 @@ def _domain_importance(adapter: ModelAdapter, windows: TokenWindows, general: di
         "passes": total_updates,
         "loss_per_epoch": [sum(losses[i:i + len(batches)]) / len(batches) for i in range(0, len(losses), len(batches))],
         "penalty_to_gradient_ratio": acc.diagnostics(),
+        "resumed_after": resumed,  # epochs a killed run completed
+        "epochs_run": epochs - resumed,
     }
     return acc.scores, info
 
@@ -333,24 +381,18 @@ class DPruner(UnstructuredMethod):
     memory = MemoryPolicy(DOMAIN_TRAINING, budget=OFFLOAD_CHOSEN)
     score_name = "|g' w + (g' w)^2 / 2| under L_ntp + lambda sum G (w' - w)^2"
 
-    def apply(self, adapter, data, options, progress=True):
+    def apply(self, adapter, data, options, progress=True, checkpoint=None):
         if data.domain is None:
             raise SecateursError("dpruner needs domain data: --domain healthcare|legal or --domain-data FILE")
         pattern = options.pattern(adapter, self.default_group)
         general_pattern = Pattern(pattern.target, "matrix") if pattern.nm is None else pattern
-        if options.general_importance:
-            general = load_importance(options.general_importance, adapter)
-            general_source = str(options.general_importance)
-        else:
-            if data.general is None:
-                raise SecateursError("dpruner needs general calibration data (--general-calib) or --general-importance")
-            general = general_importance(adapter, data.general, general_pattern, options, progress)
-            general_source = "computed"
-        general = {name: g.to(GENERAL_DTYPES[options.general_dtype]) for name, g in general.items()}  # held (and saved) so
-        scores, info = domain_importance(adapter, data.domain, general, options, progress)
+        general, general_source, kept = self._general(adapter, data, general_pattern, options, progress, checkpoint)
+        domain_stage = checkpoint.stage(DOMAIN_STAGE) if checkpoint is not None else None
+        scores, info = domain_importance(adapter, data.domain, general, options, progress, domain_stage)
         for name, linear in adapter.prunable_linears().items():
             apply_mask(linear, select_mask(scores[name], pattern))
         ratios = info.pop("penalty_to_gradient_ratio")
+        resumed_after, epochs_run = info.pop("resumed_after"), info.pop("epochs_run")
         notes = []
         if options.steps == 0 and options.variant == "paper":
             notes.append("--dpruner-steps 0: gradients at the original weights, where the penalty is 0, so the "
@@ -367,5 +409,31 @@ class DPruner(UnstructuredMethod):
             "training": info,
             "penalty_to_gradient_ratio": {
                 "mean": sum(ratios.values()) / len(ratios), "max": max(ratios.values()), "per_matrix": ratios},
+            "this_run": {"general_importance": general_source == "computed" and not kept, "epochs": epochs_run},
         }
+        if resumed_after:
+            details["resumed"] = {"stage": DOMAIN_STAGE, "after": resumed_after}
+        elif kept:
+            details["resumed"] = {"stage": GENERAL_STAGE, "after": 1}  # its one step: G
         return Pruned(details, artifacts=[saved], notes=notes)
+
+    @staticmethod
+    def _general(adapter: ModelAdapter, data: Calibration, pattern: Pattern, options: DPrunerOptions, progress: bool,
+                 checkpoint: Checkpoint | None) -> tuple[dict[str, torch.Tensor], str, bool]:
+        """G in the dtype it is held (and saved) in, where it came from, and whether a killed run's
+        checkpoint held it (if computed here, the checkpoint keeps it now)."""
+        dtype = GENERAL_DTYPES[options.general_dtype]
+        if options.general_importance:
+            general = load_importance(options.general_importance, adapter)
+            return {name: g.to(dtype) for name, g in general.items()}, str(options.general_importance), False
+        stage = checkpoint.stage(GENERAL_STAGE) if checkpoint is not None else None
+        if stage is not None and stage.state is not None:
+            return _on_devices(stage.load_tensors(GENERAL_STAGE), adapter), "computed", True
+        if data.general is None:
+            raise SecateursError("dpruner needs general calibration data (--general-calib) or --general-importance")
+        general = general_importance(adapter, data.general, pattern, options, progress)
+        general = {name: g.to(dtype) for name, g in general.items()}
+        if stage is not None:
+            stage.save_tensors(GENERAL_STAGE, general)
+            stage.save_state({"computed": True})
+        return general, "computed", False

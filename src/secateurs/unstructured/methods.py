@@ -9,6 +9,8 @@
 
 Embeddings, norms and the LM head are never pruned. Methods with statistics run in the sequential
 pipeline (sequential.py): each layer is calibrated on the outputs of the already-pruned layers.
+With a checkpoint (resume.py), every method that goes layer by layer keeps each pruned layer there,
+and a run killed part-way continues after the last layer it kept (sequential.PrunedLayers).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from ..defaults import BATCH_SIZE
 from ..options import option
 from ..plan import (OFFLOAD_CHOSEN, SEQUENTIAL_HESSIANS, SEQUENTIAL_NORMS, WEIGHTS_ONLY,
                     MemoryPolicy)
+from ..resume import Checkpoint
 from .masks import Pattern, parse_nm, select_mask
 from .obs import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPING, obs_prune
 from ..offload import BudgetOption, OffloadOptions
-from .sequential import run_sequential
+from .sequential import PrunedLayers, run_sequential
 from .collectors import Collector, Hessian, InputNorms
 
 SPARSITY_OF = ("matrices", "all")
@@ -146,8 +149,11 @@ class UnstructuredMethod:
         raise NotImplementedError
 
     def apply(self, adapter: ModelAdapter, data: Calibration, options: UnstructuredOptions,
-              progress: bool = True) -> Pruned:
-        """Prune ``adapter.model`` in place; return what the report should say about the method."""
+              progress: bool = True, checkpoint: Checkpoint | None = None) -> Pruned:
+        """Prune ``adapter.model`` in place; return what the report should say about the method.
+
+        ``checkpoint``: where the completed steps are kept, and found if a killed run left some.
+        """
         pattern = options.pattern(adapter, self.default_group)
         if data.general is None:
             raise SecateursError(f"{type(self).__name__} needs calibration data")
@@ -156,10 +162,11 @@ class UnstructuredMethod:
             for name, linear in linears.items():
                 self.prune_linear(linear, stats[name], pattern, options)
 
+        pruned = PrunedLayers(adapter, checkpoint)
         run_sequential(adapter, data.general, options, self.collectors, prune_layer, progress,
-                       desc=type(self).__name__.lower())
+                       desc=type(self).__name__.lower(), pruned=pruned)
         return Pruned({"pattern": pattern.describe(), "score": self.score_name, "protocol": "sequential",
-                       "propagate": options.propagate})
+                       "propagate": options.propagate, **pruned.details()})
 
 
 class Magnitude(UnstructuredMethod):
@@ -174,14 +181,19 @@ class Magnitude(UnstructuredMethod):
     def prune_linear(self, linear, stats, pattern, options):
         apply_mask(linear, select_mask(linear.weight.detach().abs(), pattern))
 
-    def apply(self, adapter, data, options, progress=True):
+    def apply(self, adapter, data, options, progress=True, checkpoint=None):
         pattern = options.pattern(adapter, self.default_group)
-        for index in range(adapter.num_layers):
+        pruned = PrunedLayers(adapter, checkpoint)
+        pruned.restore()
+        for index in range(pruned.done, adapter.num_layers):
             with adapter.weights.onloaded(adapter.layers[index], writable=True):
-                for linear in adapter.layer_linears(index).values():
+                linears = adapter.layer_linears(index)
+                for linear in linears.values():
                     self.prune_linear(linear, {}, pattern, options)
                 adapter.weights.changed(adapter.layers[index])
-        return Pruned({"pattern": pattern.describe(), "score": self.score_name, "protocol": "no calibration"})
+                pruned.save(index, linears)
+        return Pruned({"pattern": pattern.describe(), "score": self.score_name, "protocol": "no calibration",
+                       **pruned.details()})
 
 
 class Wanda(UnstructuredMethod):
