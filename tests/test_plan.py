@@ -138,3 +138,10 @@ def test_the_search_divides_windows_when_every_process_gets_a_batch():
     assert choose_division(32, 8, 8, batches=9) == "candidates"  # 4.5x < the candidates' ~6.2x
     assert choose_division(32, 8, 8, batches=4) == "candidates"  # fewer batches than processes
     assert choose_division(32, 8, 1, batches=16) == "candidates"
+
+
+@pytest.mark.parametrize("method", ["layer-search", "one-shot-ppl", "relative-magnitude", "finercut", "magnitude"])
+def test_plan_takes_every_registered_method(method, capsys):
+    """The plan asks the method for the shape of its work (it refused `--method layer-search` before)."""
+    assert main(["plan", str(CONFIGS / "smollm2-135m.json"), "--method", method]) == 0
+    assert f"plan for {method} on" in capsys.readouterr().out
