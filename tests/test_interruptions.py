@@ -176,3 +176,70 @@ def test_dpruner_resumes_after_an_epoch_with_its_general_importance_kept(tiny_mo
     assert details[1]["this_run"] == {"general_importance": True, "epochs": 2} and "resumed" not in details[1]
     assert details[0]["training"] == details[1]["training"]  # every epoch's loss, as one run has them
     assert details[0]["penalty_to_gradient_ratio"] == details[1]["penalty_to_gradient_ratio"]
+
+
+# --- block searches ---------------------------------------------------------------------------------
+def _search(model_dir, data_dir, out, method, options):
+    from secateurs import DataSpec, EvalSpec, OutputSpec, prune
+
+    return prune(str(model_dir), method, options, data=DataSpec(calib="alpaca", samples=8, seqlen=32, data_dir=data_dir),
+                 evaluation=EvalSpec(ppl=[]), output=OutputSpec(out), progress=False).report
+
+
+@pytest.mark.parametrize("method,options,saves", [
+    ("blockpruner", {"blocks": 4}, 2),
+    ("blockpruner", {"blocks": 4, "search": "halving", "halving_windows": 2}, 2),
+    ("layer-search", {"blocks": 2}, 1),
+    ("finercut", {"blocks": 3}, 1),
+    ("one-shot-ppl", {"blocks": 3}, 4),
+])
+def test_a_stopped_search_resumes_to_the_same_blocks_with_less_work(method, options, saves, tiny_model_dir, data_dir,
+                                                                    tmp_path, monkeypatch):
+    """The run stops (as if killed) right after its ``saves``-th saved step; run again, it continues."""
+    from secateurs.structured import search
+
+    whole = _search(tiny_model_dir, data_dir, tmp_path / "whole", method, options)
+    real, count = search.SavedProgress.save, []
+
+    def stopping(self, state):
+        real(self, state)
+        count.append(1)
+        if len(count) == saves:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.SavedProgress, "save", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        _search(tiny_model_dir, data_dir, tmp_path / "resumed", method, options)
+    assert (tmp_path / "resumed.checkpoint" / "search" / "state.json").is_file()
+    monkeypatch.setattr(search.SavedProgress, "save", real)
+    resumed = _search(tiny_model_dir, data_dir, tmp_path / "resumed", method, options)
+    assert resumed.removal_order == whole.removal_order
+    assert [s.score for s in resumed.steps] == [s.score for s in whole.steps]
+    assert "resumed" in resumed.search and "resumed" not in whole.search
+    assert resumed.search_cost["block_window_evals"] < whole.search_cost["block_window_evals"]
+    assert not (tmp_path / "resumed.checkpoint").exists()
+
+
+def test_a_killed_block_search_resumes(tiny_model_dir, data_dir, tmp_path):
+    import json
+
+    command = [sys.executable, "-m", "secateurs", "--quiet", "prune", str(tiny_model_dir), "--method", "blockpruner",
+               "--blocks", "5", "--calib", "alpaca", "--samples", "8", "--seqlen", "32", "--data-dir", str(data_dir),
+               "--eval-max-windows", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], env=env)
+    state = tmp_path / "killed.checkpoint" / "search" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert state.is_file() and not (tmp_path / "killed").exists(), "the run ended before its first step was saved"
+    for out in ("killed", "whole"):
+        done = subprocess.run([*command, "--out", str(tmp_path / out)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+    resumed, whole = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("killed", "whole"))
+    assert resumed["removal_order"] == whole["removal_order"]
+    assert [s["score"] for s in resumed["steps"]] == [s["score"] for s in whole["steps"]]
+    assert resumed["search_cost"]["block_window_evals"] < whole["search_cost"]["block_window_evals"]
+    assert not (tmp_path / "killed.checkpoint").exists()

@@ -65,7 +65,7 @@ class Stage:
     def state(self) -> dict[str, Any] | None:
         """The state of the last completed step, or None if the stage has not completed one."""
         file = self.root / STATE_FILE
-        if not file.is_file():
+        if self.checkpoint.fresh or not file.is_file():  # --fresh: no process resumes from an older state
             return None
         try:
             return json.loads(file.read_text())
@@ -107,8 +107,8 @@ class Stage:
 class Checkpoint:
     """The checkpoint directory of one run (see the module's docstring)."""
 
-    def __init__(self, root: Path, protocol: dict[str, Any], writer: bool = True, rank: int = 0):
-        self.root, self.protocol, self.writer, self.rank = root, protocol, writer, rank
+    def __init__(self, root: Path, protocol: dict[str, Any], writer: bool = True, rank: int = 0, fresh: bool = False):
+        self.root, self.protocol, self.writer, self.rank, self.fresh = root, protocol, writer, rank, fresh
 
     @classmethod
     def open(cls, out: str | Path, protocol: dict[str, Any], fresh: bool = False, writer: bool = True,
@@ -116,10 +116,10 @@ class Checkpoint:
         """The checkpoint of the run writing ``out``: the one there if its protocol is this run's (or
         a new one; ``fresh`` discards an old one first). A checkpoint of another command is refused."""
         root = checkpoint_path(out)
-        if fresh and writer:
-            shutil.rmtree(root, ignore_errors=True)
         saved = root / PROTOCOL_FILE
-        if saved.is_file():
+        if writer and (fresh or (root.is_dir() and not saved.is_file())):
+            _remove(root)  # --fresh; or what a removal cut short left (no protocol: nothing to resume)
+        if saved.is_file() and not fresh:
             try:
                 recorded = json.loads(saved.read_text())
             except (OSError, ValueError) as exc:
@@ -128,7 +128,7 @@ class Checkpoint:
             if difference:
                 raise SecateursError(f"{root} holds a checkpoint of another run ({difference}): run the command "
                                      "that made it to resume it, or add --fresh to discard it")
-        return cls(root, protocol, writer, rank)
+        return cls(root, protocol, writer, rank, fresh)
 
     def begin(self) -> None:
         """Record the protocol, before the first saved step (a run that saves nothing leaves nothing)."""
@@ -147,4 +147,11 @@ class Checkpoint:
     def remove(self) -> None:
         """The output is written: the checkpoint is no longer needed."""
         if self.writer:
-            shutil.rmtree(self.root, ignore_errors=True)
+            _remove(self.root)
+
+
+def _remove(root: Path) -> None:
+    """Remove a checkpoint directory: first its protocol (so that a removal cut short leaves nothing a
+    run would resume from), then the rest."""
+    (root / PROTOCOL_FILE).unlink(missing_ok=True)
+    shutil.rmtree(root, ignore_errors=True)

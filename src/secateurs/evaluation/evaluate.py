@@ -83,10 +83,6 @@ def evaluate(
         start = time.perf_counter()
         model = load_model(model, dtype=dtype, device=str(Ranks.device_of_process(resolve_device(device))))
         timings["load_s"] = time.perf_counter() - start
-    positions = getattr(model.model.config, "max_position_embeddings", None)
-    if ppl and positions and s.seqlen > positions:
-        raise SecateursError(f"--seqlen {s.seqlen} is longer than the {positions} positions the model was trained "
-                             "for (config max_position_embeddings)")
     ranks = Ranks.from_environment(model.device)  # under torchrun, the windows and rows divide over the processes
     stage = checkpoint.stage("evaluation") if checkpoint is not None else None
     done = (stage.state if stage is not None else None) or {"perplexity": {}, "tasks": {}, "log_samples": {}, "timings": {}}
@@ -107,6 +103,10 @@ def evaluate(
         windows = token_windows(
             spec, model.tokenizer, s.seqlen, data_dir=s.data_dir, max_windows=s.max_windows, text_field=s.text_field
         )
+        positions = getattr(model.model.config, "max_position_embeddings", None)
+        if positions and s.seqlen > positions:  # the data is long enough; the model is not
+            raise SecateursError(f"--seqlen {s.seqlen} is longer than the {positions} positions the model was trained "
+                                 "for (config max_position_embeddings)")
         completed("perplexity", spec, perplexity(model.model, windows, batch_size=s.batch_size,
                                                  progress=progress and ranks.main, ranks=ranks),
                   time.perf_counter() - start)
