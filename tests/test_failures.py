@@ -83,7 +83,8 @@ def test_sigterm_during_a_save_is_one_line_and_leaves_nothing_behind(tiny_model_
         proc.kill()
     err = proc.stderr.read().strip()
     assert err.startswith("terminated") and "\n" not in err, err
-    assert list(runs.iterdir()) == []
+    # no output and no temporary; only the checkpoint the same command resumes from (complete, not torn)
+    assert [p.suffix for p in runs.iterdir()] == [".checkpoint"]
 
 
 def test_temporaries_of_killed_writers_are_removed_on_the_next_write(tmp_path):
@@ -143,7 +144,8 @@ def test_a_disk_that_fills_during_the_save_is_one_line_and_nothing_is_left(capsy
     err = _err(capsys, "prune", str(tiny_model_dir), "--blocks", "1", *SMALL, "--data-dir", str(data_dir),
                "--out", str(runs / "out"))
     assert "could not write" in err and "no space left on the device" in err
-    assert list(runs.iterdir()) == []
+    # no output and no temporary; only the checkpoint the same command resumes from (complete, not torn)
+    assert [p.suffix for p in runs.iterdir()] == [".checkpoint"]
 
 
 # --- 4. validation before the work ------------------------------------------------------------------
