@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_error as _err, peaky_model, tiny_model
+from conftest import cli_error as _err, make_bpe_tokenizer, peaky_model, tiny_model
 from secateurs import Block, ModelAdapter, SecateursError
 from secateurs.export.gguf import write_gguf
 from secateurs.models.builtin import builtin_gguf
@@ -73,16 +73,7 @@ def test_llama_cpp_computes_what_secateurs_computes(family, removed, tmp_path):
 @needs_llama_cpp
 def _small_bpe_tokenizer():
     """A byte-level BPE with merges learnt from a few sentences (the tests' byte tokenizer has none)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(["The capital of France is Paris.", "Pruning keeps 42 models useful and fast."] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
+    return make_bpe_tokenizer(300, ["The capital of France is Paris.", "Pruning keeps 42 models useful and fast."])
 
 
 @needs_llama_cpp

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, peaky_model
+from conftest import REPO, make_bpe_tokenizer, peaky_model
 from secateurs import describe_data, list_methods
 from secateurs.cli import main
 from secateurs.evaluation.suites import SUITES
@@ -175,16 +175,7 @@ def one_thread():
 
 def _bpe_tokenizer():
     """A byte-level BPE tokenizer with merges (GGUF export needs them; the tests' byte tokenizer has none)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(["The capital of France is Paris.", "Cut language models down to size."] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
+    return make_bpe_tokenizer(320, ["The capital of France is Paris.", "Cut language models down to size."])
 
 
 @pytest.fixture(scope="module")
