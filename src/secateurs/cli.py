@@ -28,7 +28,6 @@ from .files import check_output_path, write_json_atomic, write_text_atomic
 from .models.loading import DTYPES, resolve_device
 from .options import flag_of, own_fields
 from .plan import load_config, make_plan, parse_bytes, render
-from .reporting.provenance import package_versions
 from .resume import Checkpoint
 from .registry import METHODS, get_method, list_methods, make_options, run_shape
 from .reporting.markdown import render_comparison, render_results
@@ -251,11 +250,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
                             seed=args.seed, speed=speed, backend=args.backend)
     checkpoint = None
     if args.out:  # each set and task done is kept beside --out until the results are written
+        launch = Ranks.of_launch()
         protocol = {"model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
                     "ppl": ppl, "tasks": tasks, "settings": dataclasses.asdict(settings), "dtype": args.dtype,
-                    "device": args.device, "log_samples": bool(args.log_samples), "processes": Ranks.of_launch().world,
-                    "versions": {k: v for k, v in package_versions().items() if k in ("secateurs", "torch", "transformers")}}
-        launch = Ranks.of_launch()
+                    "device": args.device, "log_samples": bool(args.log_samples), "processes": launch.world}
         checkpoint = Checkpoint.open(args.out, protocol, fresh=args.fresh, writer=launch.main, rank=launch.rank)
         if checkpoint.found and not args.quiet:
             print(f"resuming from {checkpoint.root}: the sets and tasks it holds are not run again (--fresh starts over)",

@@ -27,10 +27,12 @@ import torch
 
 from .errors import SecateursError
 from .files import save_tensors_atomic, write_json_atomic
+from .reporting.provenance import package_versions
 
 CHECKPOINT_SUFFIX = ".checkpoint"
 PROTOCOL_FILE = "protocol.json"
 STATE_FILE = "state.json"
+PROTOCOL_PACKAGES = ("secateurs", "torch", "transformers")  # a checkpoint resumes only under the same versions
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -114,7 +116,10 @@ class Checkpoint:
     def open(cls, out: str | Path, protocol: dict[str, Any], fresh: bool = False, writer: bool = True,
              rank: int = 0) -> "Checkpoint":
         """The checkpoint of the run writing ``out``: the one there if its protocol is this run's (or
-        a new one; ``fresh`` discards an old one first). A checkpoint of another command is refused."""
+        a new one; ``fresh`` discards an old one first). A checkpoint of another command is refused.
+        The versions of the packages that compute the results are added to ``protocol`` here."""
+        versions = package_versions()
+        protocol = {**protocol, "versions": {name: versions.get(name) for name in PROTOCOL_PACKAGES}}
         root = checkpoint_path(out)
         saved = root / PROTOCOL_FILE
         if writer and (fresh or (root.is_dir() and not saved.is_file())):

@@ -26,7 +26,7 @@ from ..plan import CPU_RUNTIME_BYTES, GIB, OFFLOAD_CHOSEN, RunShape, choose_offl
 from ..options import as_dict
 from ..reporting.markdown import render_markdown
 from ..reporting.plots import plot_report
-from ..reporting.provenance import environment, package_versions
+from ..reporting.provenance import environment
 from ..resume import Checkpoint
 from ..reporting.report import Comparison, Outputs, Report, write_report
 from ..resources import peak_memory
@@ -81,10 +81,8 @@ class Run:
         spec, ranks = self.spec, self.adapter.ranks
         if spec.output.path is None:
             return None
-        versions = package_versions()
         protocol = {"recipe": spec.to_recipe(), "processes": ranks.world,
-                    "model": {k: v for k, v in self.lm.source.items() if k in ("spec", "sha256", "path", "gguf", "alias")},
-                    "versions": {k: versions.get(k) for k in ("torch", "transformers", "secateurs")}}
+                    "model": {k: v for k, v in self.lm.source.items() if k in ("spec", "sha256", "path", "gguf", "alias")}}
         checkpoint = Checkpoint.open(spec.output.path, protocol, fresh=spec.output.fresh, writer=ranks.main,
                                      rank=ranks.rank)
         if checkpoint.found and spec.progress:
