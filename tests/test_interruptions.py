@@ -89,6 +89,7 @@ def test_a_killed_suite_evaluation_resumes_without_redoing_what_was_done(tiny_mo
     out.unlink()
     capsys.readouterr()
     assert main(argv) == 2 and "holds a checkpoint of another run (device was None, now 'auto')" in capsys.readouterr().err
+    assert main([*argv, "--fresh"]) == 0 and out.is_file() and not (tmp_path / "results.json.checkpoint").exists()
 
 
 def _weights(directory):
@@ -243,3 +244,20 @@ def test_a_killed_block_search_resumes(tiny_model_dir, data_dir, tmp_path):
     assert [s["score"] for s in resumed["steps"]] == [s["score"] for s in whole["steps"]]
     assert resumed["search_cost"]["block_window_evals"] < whole["search_cost"]["block_window_evals"]
     assert not (tmp_path / "killed.checkpoint").exists()
+
+
+def test_fresh_discards_the_checkpoint_of_another_run(tiny_model_dir, data_dir, tmp_path, capsys):
+    """prune --fresh, as a user types it: a checkpoint of another command is refused, then discarded."""
+    import json
+
+    from secateurs.cli import main
+
+    (tmp_path / "out.checkpoint" / "search").mkdir(parents=True)
+    (tmp_path / "out.checkpoint" / "protocol.json").write_text(json.dumps({"recipe": {"method": "layer-search"}}))
+    argv = ["--quiet", "prune", str(tiny_model_dir), "--method", "blockpruner", "--blocks", "1", "--calib", "alpaca",
+            "--samples", "2", "--seqlen", "16", "--eval-max-windows", "1", "--data-dir", str(data_dir),
+            "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(argv) == 2 and "holds a checkpoint of another run" in capsys.readouterr().err
+    assert main([*argv, "--fresh"]) == 0
+    assert (tmp_path / "out" / "report.json").is_file() and not (tmp_path / "out.checkpoint").exists()
